@@ -1,0 +1,258 @@
+#include "IndexIVFTurboQuant.h"
+
+#include <memory>
+
+#include <faiss/impl/AuxIndexStructures.h>
+#include <faiss/impl/FaissAssert.h>
+#include <faiss/impl/IDSelector.h>
+#include <faiss/utils/Heap.h>
+#include <faiss/utils/distances.h>
+
+#include "IndexTurboQuant.h"
+
+namespace faiss {
+
+IndexIVFTurboQuant::IndexIVFTurboQuant() {
+    by_residual = true;
+}
+
+IndexIVFTurboQuant::IndexIVFTurboQuant(
+        Index* quantizer,
+        size_t d,
+        size_t nlist,
+        int nbits,
+        size_t qjl_m,
+        MetricType metric,
+        uint64_t seed)
+        : IndexIVF(quantizer, d, nlist, 0, metric) {
+    FAISS_THROW_IF_NOT_MSG(
+            metric == METRIC_L2 || metric == METRIC_INNER_PRODUCT,
+            "TurboQuant: only METRIC_L2 and METRIC_INNER_PRODUCT are supported");
+    by_residual = true;
+    tq.d = d;
+    tq.nbits = nbits;
+    tq.qjl_m = qjl_m;
+    tq.seed = seed;
+    reinit();
+}
+
+void IndexIVFTurboQuant::reinit() {
+    FAISS_THROW_IF_NOT_MSG(
+            ntotal == 0, "TurboQuant: the codec of a non-empty index cannot change");
+    FAISS_THROW_IF_NOT_MSG(
+            tq.d == size_t(d), "TurboQuant: codec dimension differs from index");
+    tq.init();
+    code_size = tq.code_size;
+    if (invlists) {
+        FAISS_THROW_IF_NOT(invlists->nlist == nlist);
+        // the inverted lists are empty: give them the new code size
+        replace_invlists(new ArrayInvertedLists(nlist, code_size), true);
+    }
+}
+
+void IndexIVFTurboQuant::TQ_IVF_TRAIN_ENCODER(idx_t, const float*) {
+    // data-oblivious codec: nothing to train beyond the coarse quantizer
+}
+
+void IndexIVFTurboQuant::encode_vectors(
+        idx_t n,
+        const float* x,
+        const idx_t* list_nos,
+        uint8_t* codes,
+        bool include_listnos) const {
+    const size_t coarse_size = include_listnos ? coarse_code_size() : 0;
+    const size_t stride = coarse_size + code_size;
+    tq.check_finite(n, x, "input");
+    std::vector<uint8_t> tmp;
+    const float* to_encode = x;
+    std::vector<float> residuals;
+    if (by_residual) {
+        residuals.resize(size_t(n) * d);
+#pragma omp parallel for if (n > 1000)
+        for (idx_t i = 0; i < n; i++) {
+            if (list_nos[i] >= 0) {
+                quantizer->compute_residual(
+                        x + i * d, residuals.data() + i * d, list_nos[i]);
+            } else {
+                std::fill_n(residuals.data() + i * d, d, 0.0f);
+            }
+        }
+        to_encode = residuals.data();
+    }
+    if (coarse_size == 0) {
+        tq.encode(n, to_encode, codes);
+        return;
+    }
+    tmp.resize(size_t(n) * code_size);
+    tq.encode(n, to_encode, tmp.data());
+    for (idx_t i = 0; i < n; i++) {
+        uint8_t* out = codes + i * stride;
+        encode_listno(list_nos[i], out);
+        std::memcpy(out + coarse_size, tmp.data() + i * code_size, code_size);
+    }
+}
+
+void IndexIVFTurboQuant::sa_decode(idx_t n, const uint8_t* bytes, float* x) const {
+    const size_t coarse_size = coarse_code_size();
+    std::vector<float> centroid(d);
+    for (idx_t i = 0; i < n; i++) {
+        const uint8_t* code = bytes + i * (coarse_size + code_size);
+        int64_t list_no = decode_listno(code);
+        float* xi = x + i * d;
+        tq.decode(1, code + coarse_size, xi);
+        if (by_residual) {
+            quantizer->reconstruct(list_no, centroid.data());
+            for (size_t j = 0; j < size_t(d); j++) {
+                xi[j] += centroid[j];
+            }
+        }
+    }
+}
+
+void IndexIVFTurboQuant::reconstruct_from_offset(
+        int64_t list_no,
+        int64_t offset,
+        float* recons) const {
+    const uint8_t* code = invlists->get_single_code(list_no, offset);
+    tq.decode(1, code, recons);
+    invlists->release_codes(list_no, code);
+    if (by_residual) {
+        std::vector<float> centroid(d);
+        quantizer->reconstruct(list_no, centroid.data());
+        for (size_t j = 0; j < size_t(d); j++) {
+            recons[j] += centroid[j];
+        }
+    }
+}
+
+void IndexIVFTurboQuant::check_compatible_for_merge(const Index& otherIndex) const {
+    IndexIVF::check_compatible_for_merge(otherIndex);
+    auto* other = dynamic_cast<const IndexIVFTurboQuant*>(&otherIndex);
+    FAISS_THROW_IF_NOT_MSG(
+            other && tq_same_codec(tq, other->tq) && other->by_residual == by_residual,
+            "TurboQuant: IVF indexes to merge must share codec parameters and "
+            "by_residual");
+}
+
+namespace {
+
+/// Scans inverted lists of TurboQuant codes for one query at a time.
+struct IVFTurboQuantScanner : InvertedListScanner {
+    const IndexIVFTurboQuant& ivf;
+    const bool l2;
+    TurboQuantizer::Query query;
+    std::vector<float> q, centroid, qres;
+    float offset = 0; ///< IP with residuals: <q, centroid of the list>
+
+    IVFTurboQuantScanner(
+            const IndexIVFTurboQuant& ivf,
+            bool store_pairs,
+            const IDSelector* sel)
+            : ivf(ivf),
+              l2(ivf.metric_type == METRIC_L2),
+              q(ivf.d),
+              centroid(ivf.d),
+              qres(ivf.d) {
+        this->store_pairs = store_pairs;
+        this->sel = sel;
+        this->keep_max = !l2;
+        this->code_size = ivf.code_size;
+    }
+
+    void set_query(const float* x) override {
+        std::copy(x, x + ivf.d, q.begin());
+        if (!(ivf.by_residual && l2)) {
+            ivf.tq.prepare_query(x, query); // rotated once per query
+        }
+    }
+
+    void set_list(idx_t list_no, float /*coarse_dis*/) override {
+        this->list_no = list_no;
+        offset = 0;
+        if (!ivf.by_residual) {
+            return;
+        }
+        ivf.quantizer->reconstruct(list_no, centroid.data());
+        if (l2) {
+            // ||q - c - r||^2 needs the residual query q - c in the rotated space
+            for (size_t j = 0; j < q.size(); j++) {
+                qres[j] = q[j] - centroid[j];
+            }
+            ivf.tq.prepare_query(qres.data(), query);
+        } else {
+            offset = fvec_inner_product(q.data(), centroid.data(), ivf.d);
+        }
+    }
+
+    float distance_to_code(const uint8_t* code) const override {
+        return offset + ivf.tq.estimate_distance(query, code, l2);
+    }
+
+#if TQ_SCANNER_OVERRIDES_HEAP_SCAN
+    // the id a selector sees (FAISS passes no ids when store_pairs is set)
+    idx_t id_of(const idx_t* ids, size_t j) const {
+        return ids ? ids[j] : idx_t(lo_build(list_no, j));
+    }
+
+    template <class C>
+    size_t scan_heap(
+            size_t n,
+            const uint8_t* codes,
+            const idx_t* ids,
+            float* simi,
+            idx_t* idxi,
+            size_t k) const {
+        size_t nup = 0;
+        for (size_t j = 0; j < n; j++, codes += code_size) {
+            if (sel && !sel->is_member(id_of(ids, j))) {
+                continue;
+            }
+            float dis = distance_to_code(codes);
+            if (C::cmp(simi[0], dis)) {
+                idx_t id = store_pairs ? lo_build(list_no, j) : ids[j];
+                heap_replace_top<C>(k, simi, idxi, dis, id);
+                nup++;
+            }
+        }
+        return nup;
+    }
+
+    size_t scan_codes(
+            size_t n,
+            const uint8_t* codes,
+            const idx_t* ids,
+            float* simi,
+            idx_t* idxi,
+            size_t k) const override {
+        return l2 ? scan_heap<CMax<float, idx_t>>(n, codes, ids, simi, idxi, k)
+                  : scan_heap<CMin<float, idx_t>>(n, codes, ids, simi, idxi, k);
+    }
+
+    void scan_codes_range(
+            size_t n,
+            const uint8_t* codes,
+            const idx_t* ids,
+            float radius,
+            RangeQueryResult& res) const override {
+        for (size_t j = 0; j < n; j++, codes += code_size) {
+            if (sel && !sel->is_member(id_of(ids, j))) {
+                continue;
+            }
+            float dis = distance_to_code(codes);
+            if (l2 ? dis < radius : dis > radius) {
+                res.add(dis, store_pairs ? lo_build(list_no, j) : ids[j]);
+            }
+        }
+    }
+#endif
+};
+
+} // namespace
+
+InvertedListScanner* IndexIVFTurboQuant::get_InvertedListScanner(
+        bool store_pairs,
+        const IDSelector* sel TQ_SCANNER_PARAMS_PARAM) const {
+    return new IVFTurboQuantScanner(*this, store_pairs, sel);
+}
+
+} // namespace faiss

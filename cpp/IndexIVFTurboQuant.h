@@ -1,0 +1,56 @@
+// IVF index over TurboQuant codes: FAISS's IndexIVF machinery, our codec and scanner.
+#pragma once
+
+#include <faiss/IndexIVF.h>
+
+#include "TurboQuantizer.h"
+#include "faiss_compat.h"
+
+namespace faiss {
+
+/** Inverted-file index whose lists hold TurboQuant codes. Training trains the coarse
+ * quantizer only: the codec needs none. With by_residual (default) the vector minus
+ * its coarse centroid is encoded, which shrinks the quantisation error in proportion
+ * to the residual norm; the scanner rotates the query once per query (IP) or once
+ * per visited list (L2, where the residual query q - c is needed). */
+struct IndexIVFTurboQuant : IndexIVF {
+    TurboQuantizer tq;
+#if !TQ_IVF_HAS_BY_RESIDUAL
+    bool by_residual = true; ///< encode x - centroid instead of x
+#endif
+
+    IndexIVFTurboQuant();
+    IndexIVFTurboQuant(
+            Index* quantizer,
+            size_t d,
+            size_t nlist,
+            int nbits,
+            size_t qjl_m = 0,
+            MetricType metric = METRIC_L2,
+            uint64_t seed = 42);
+
+    /// rebuild the codec after its parameters were changed (the index must be empty)
+    void reinit();
+
+    void TQ_IVF_TRAIN_ENCODER(idx_t n, const float* x) override;
+
+    void encode_vectors(
+            idx_t n,
+            const float* x,
+            const idx_t* list_nos,
+            uint8_t* codes,
+            bool include_listnos = false) const override;
+
+    void sa_decode(idx_t n, const uint8_t* bytes, float* x) const override;
+
+    InvertedListScanner* get_InvertedListScanner(
+            bool store_pairs = false,
+            const IDSelector* sel = nullptr TQ_SCANNER_PARAMS_PARAM) const override;
+
+    void reconstruct_from_offset(int64_t list_no, int64_t offset, float* recons)
+            const override;
+
+    void check_compatible_for_merge(const Index& otherIndex) const override;
+};
+
+} // namespace faiss

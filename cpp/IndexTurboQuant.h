@@ -1,0 +1,57 @@
+// Flat TurboQuant index: FAISS's code storage (IndexFlatCodes) over the TurboQuant codec.
+#pragma once
+
+#include <faiss/IndexFlatCodes.h>
+
+#include "TurboQuantizer.h"
+#include "faiss_compat.h"
+
+namespace faiss {
+
+/** Exhaustive search over TurboQuant codes. Needs no training: the codec is
+ * data-oblivious (seeded rotation + Lloyd-Max codebook of the sphere's coordinate law).
+ * Distances are estimated from the codes with the query rotated once; the database is
+ * never decompressed. Supports METRIC_INNER_PRODUCT and METRIC_L2. */
+struct IndexTurboQuant : IndexFlatCodes {
+    TurboQuantizer tq;
+
+    IndexTurboQuant();
+    IndexTurboQuant(
+            idx_t d,
+            int nbits,
+            size_t qjl_m = 0,
+            MetricType metric = METRIC_L2,
+            uint64_t seed = 42);
+
+    /// rebuild the codec after its parameters were changed (resets the index)
+    void reinit();
+
+    void train(idx_t n, const float* x) override;
+
+    void search(
+            idx_t n,
+            const float* x,
+            idx_t k,
+            float* distances,
+            idx_t* labels,
+            const SearchParameters* params = nullptr) const override;
+
+    void range_search(
+            idx_t n,
+            const float* x,
+            float radius,
+            RangeSearchResult* result,
+            const SearchParameters* params = nullptr) const override;
+
+    void sa_encode(idx_t n, const float* x, uint8_t* bytes) const override;
+    void sa_decode(idx_t n, const uint8_t* bytes, float* x) const override;
+
+    FlatCodesDistanceComputer* get_FlatCodesDistanceComputer() const override;
+
+    void check_compatible_for_merge(const Index& otherIndex) const override;
+};
+
+/// true when two codecs produce interchangeable codes
+bool tq_same_codec(const TurboQuantizer& a, const TurboQuantizer& b);
+
+} // namespace faiss

@@ -1,0 +1,259 @@
+#include "TurboQuantizer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+
+#include <faiss/impl/FaissAssert.h>
+
+#include "scan/code_dot.h"
+
+namespace faiss {
+
+namespace {
+
+// independent seeds for the QJL rotations, derived from the codec seed
+uint64_t derived_seed(uint64_t seed, uint64_t j) {
+    uint64_t z = seed + 0x9E3779B97F4A7C15ULL * (j + 1);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+inline void store_float(uint8_t* p, float v) {
+    std::memcpy(p, &v, sizeof(float));
+}
+inline float load_float(const uint8_t* p) {
+    float v;
+    std::memcpy(&v, p, sizeof(float));
+    return v;
+}
+
+} // namespace
+
+TurboQuantizer::TurboQuantizer(size_t d, int nbits, size_t qjl_m, uint64_t seed)
+        : d(d), nbits(nbits), qjl_m(qjl_m), seed(seed) {
+    init();
+}
+
+void TurboQuantizer::init() {
+    FAISS_THROW_IF_NOT_MSG(d >= 1, "TurboQuant: dimension must be >= 1");
+    FAISS_THROW_IF_NOT_FMT(
+            d <= (1 << 20), "TurboQuant: dimension %zd is too large", d);
+    FAISS_THROW_IF_NOT_FMT(
+            nbits >= 1 && nbits <= 8, "TurboQuant: nbits=%d must be in 1..8", nbits);
+    FAISS_THROW_IF_NOT_FMT(
+            qjl_m <= 16 * d,
+            "TurboQuant: qjl_m=%zd must be <= 16 * d",
+            qjl_m);
+    FAISS_THROW_IF_NOT_FMT(
+            correction >= TQ_CORRECTION_PLAIN && correction <= TQ_CORRECTION_LSQ,
+            "TurboQuant: unknown correction %d",
+            correction);
+    codebook = LloydMaxCodebook(d, nbits);
+    rotation = TQRotation(d, rotation_kind, rotation_rounds, seed);
+    qjl_rotations.clear();
+    for (size_t j = 0; j * d < qjl_m; j++) {
+        qjl_rotations.emplace_back(
+                d, TQRotation::STRUCTURED, rotation_rounds, derived_seed(seed, j));
+    }
+    mse_bytes = (d * nbits + 7) / 8;
+    qjl_bytes = (qjl_m + 7) / 8;
+    code_size = mse_bytes + qjl_bytes + sizeof(float) * (qjl_m > 0 ? 3 : 2);
+    if (qjl_m > 0) {
+        // E|s_1| for s uniform on the unit sphere of R^d
+        double e_abs = std::exp(std::lgamma(d / 2.0) - std::lgamma((d + 1) / 2.0)) /
+                std::sqrt(M_PI);
+        qjl_scale = 1.0 / (double(qjl_m) * e_abs);
+    } else {
+        qjl_scale = 0;
+    }
+}
+
+void TurboQuantizer::check_finite(size_t n, const float* x, const char* what) const {
+    size_t bad = size_t(-1);
+#pragma omp parallel for if (n * d > 100000) reduction(min : bad)
+    for (int64_t i = 0; i < int64_t(n); i++) {
+        const float* xi = x + size_t(i) * d;
+        for (size_t j = 0; j < d; j++) {
+            if (!std::isfinite(xi[j])) {
+                bad = std::min(bad, size_t(i));
+                break;
+            }
+        }
+    }
+    FAISS_THROW_IF_NOT_FMT(
+            bad == size_t(-1),
+            "TurboQuant: %s vector %zd contains NaN or inf",
+            what,
+            bad);
+}
+
+void TurboQuantizer::encode(size_t n, const float* x, uint8_t* codes) const {
+    check_finite(n, x, "input");
+    const float* cen = codebook.centroids.data();
+    const float* bnd = codebook.boundaries.data();
+    const size_t nb = codebook.boundaries.size();
+    const double sqrt_d = std::sqrt(double(d));
+    const size_t bs = 256; // vectors per block: rotations run on blocks (BLAS for dense)
+
+#pragma omp parallel if (n > 256)
+    {
+        std::vector<float> y(bs * d), r(d), z(d);
+        std::vector<uint8_t> c(d);
+#pragma omp for schedule(static)
+        for (int64_t b0 = 0; b0 < int64_t(n); b0 += bs) {
+            size_t b1 = std::min(n, size_t(b0) + bs);
+            rotation.apply(b1 - b0, x + b0 * d, y.data());
+            for (size_t v = b0; v < b1; v++) {
+                const float* xv = x + v * d;
+                float* yv = y.data() + (v - b0) * d;
+                uint8_t* code = codes + v * code_size;
+                double n2 = 0;
+                for (size_t i = 0; i < d; i++) {
+                    n2 += double(xv[i]) * double(xv[i]);
+                }
+                const double norm = std::sqrt(n2);
+                const float inv = norm > 0 ? float(sqrt_d / norm) : 0.0f;
+                double uc = 0, cc = 0;
+                for (size_t i = 0; i < d; i++) {
+                    float u = yv[i] * inv;
+                    size_t ci = std::lower_bound(bnd, bnd + nb, u) - bnd;
+                    c[i] = uint8_t(ci);
+                    uc += double(u) * double(cen[ci]);
+                    cc += double(cen[ci]) * double(cen[ci]);
+                }
+                double ipf = 0;
+                if (norm > 0 && uc > 0) {
+                    switch (correction) {
+                        case TQ_CORRECTION_PLAIN: ipf = norm / sqrt_d; break;
+                        case TQ_CORRECTION_UNBIASED: ipf = norm * sqrt_d / uc; break;
+                        case TQ_CORRECTION_LSQ: ipf = norm * uc / (sqrt_d * cc); break;
+                    }
+                }
+                tq_kernels::pack_codes(c.data(), d, nbits, code);
+                uint8_t* factors = code + factors_offset();
+                store_float(factors, float(norm));
+                store_float(factors + 4, float(ipf));
+                if (qjl_m > 0) {
+                    // residual in the rotated space, against the stored MSE estimate
+                    const float ipf_f = float(ipf);
+                    double rn2 = 0;
+                    for (size_t i = 0; i < d; i++) {
+                        float t = ipf_f * cen[c[i]];
+                        r[i] = yv[i] - t;
+                        rn2 += double(r[i]) * double(r[i]);
+                    }
+                    uint8_t* bits = code + mse_bytes;
+                    std::memset(bits, 0, qjl_bytes);
+                    for (size_t j = 0; j < qjl_rotations.size(); j++) {
+                        qjl_rotations[j].apply(1, r.data(), z.data());
+                        for (size_t i = 0; i < d && j * d + i < qjl_m; i++) {
+                            size_t k = j * d + i;
+                            if (z[i] > 0) {
+                                bits[k >> 3] |= uint8_t(1u << (k & 7));
+                            }
+                        }
+                    }
+                    store_float(factors + 8, float(std::sqrt(rn2) * qjl_scale));
+                }
+            }
+        }
+    }
+}
+
+float TurboQuantizer::code_norm(const uint8_t* code) const {
+    return load_float(code + factors_offset());
+}
+
+void TurboQuantizer::unpack_codes(const uint8_t* code, uint8_t* out) const {
+    tq_kernels::unpack_codes(code, d, nbits, out);
+}
+
+void TurboQuantizer::decode(size_t n, const uint8_t* codes, float* x) const {
+    const float* cen = codebook.centroids.data();
+    // E|s_1|^2 * m turns the unbiased QJL factor into the least-squares one
+    const double qjl_lsq = qjl_m > 0 ? 1.0 / (qjl_scale * qjl_scale * double(qjl_m)) : 0;
+#pragma omp parallel if (n > 256)
+    {
+        std::vector<float> y(d), z(d), t(d);
+        std::vector<uint8_t> c(d);
+#pragma omp for
+        for (int64_t v = 0; v < int64_t(n); v++) {
+            const uint8_t* code = codes + v * code_size;
+            const uint8_t* factors = code + factors_offset();
+            const float norm = load_float(factors);
+            const float ipf = load_float(factors + 4);
+            tq_kernels::unpack_codes(code, d, nbits, c.data());
+            double cc = 0;
+            for (size_t i = 0; i < d; i++) {
+                cc += double(cen[c[i]]) * double(cen[c[i]]);
+            }
+            // scale of the centroid vector in the rotated space
+            double s = ipf;
+            if (qjl_m == 0 && correction == TQ_CORRECTION_UNBIASED && ipf > 0) {
+                s = double(norm) * norm / (double(ipf) * cc); // least-squares scale
+            }
+            for (size_t i = 0; i < d; i++) {
+                y[i] = float(s * cen[c[i]]);
+            }
+            if (qjl_m > 0) {
+                const uint8_t* bits = code + mse_bytes;
+                // least-squares length of the sign reconstruction (m > d: rotations
+                // overlap, shrink accordingly)
+                const double qf = double(load_float(factors + 8)) * qjl_lsq *
+                        std::min(1.0, double(d) / double(qjl_m));
+                for (size_t j = 0; j < qjl_rotations.size(); j++) {
+                    for (size_t i = 0; i < d; i++) {
+                        size_t k = j * d + i;
+                        z[i] = k < qjl_m ? ((bits[k >> 3] >> (k & 7)) & 1 ? qf : -qf)
+                                         : 0.0f;
+                    }
+                    qjl_rotations[j].apply_transpose(1, z.data(), t.data());
+                    for (size_t i = 0; i < d; i++) {
+                        y[i] += t[i];
+                    }
+                }
+            }
+            rotation.apply_transpose(1, y.data(), x + v * d);
+        }
+    }
+}
+
+void TurboQuantizer::prepare_query(const float* q, Query& query) const {
+    query.qrot.resize(d);
+    rotation.apply(1, q, query.qrot.data());
+    double n2 = 0;
+    for (size_t i = 0; i < d; i++) {
+        n2 += double(q[i]) * double(q[i]);
+    }
+    query.qnorm2 = float(n2);
+    query.code_dot = tq_kernels::get_code_dot(nbits);
+    query.qjl_proj.resize(qjl_m);
+    query.qjl_proj_sum = 0;
+    if (qjl_m > 0) {
+        std::vector<float> z(d);
+        for (size_t j = 0; j < qjl_rotations.size(); j++) {
+            qjl_rotations[j].apply(1, query.qrot.data(), z.data());
+            for (size_t i = 0; i < d && j * d + i < qjl_m; i++) {
+                query.qjl_proj[j * d + i] = z[i];
+                query.qjl_proj_sum += z[i];
+            }
+        }
+    }
+}
+
+float TurboQuantizer::estimate_ip(const Query& query, const uint8_t* code) const {
+    const uint8_t* factors = code + factors_offset();
+    float dot = query.code_dot(code, query.qrot.data(), codebook.centroids.data(), d);
+    float ip = load_float(factors + 4) * dot;
+    if (qjl_m > 0) {
+        float s = tq_kernels::sum_set_bits(
+                code + mse_bytes, query.qjl_proj.data(), qjl_m);
+        ip += load_float(factors + 8) * (2 * s - query.qjl_proj_sum);
+    }
+    return ip;
+}
+
+} // namespace faiss

@@ -1,0 +1,195 @@
+#include "rotation.h"
+
+#include <cmath>
+#include <random>
+
+#include <faiss/impl/FaissAssert.h>
+
+extern "C" {
+// BLAS (Fortran interface), linked from the BLAS that FAISS itself uses.
+int sgemm_(
+        const char* transa,
+        const char* transb,
+        const int* m,
+        const int* n,
+        const int* k,
+        const float* alpha,
+        const float* a,
+        const int* lda,
+        const float* b,
+        const int* ldb,
+        const float* beta,
+        float* c,
+        const int* ldc);
+}
+
+namespace faiss {
+
+namespace {
+
+// uniform double in [0, 1) from the top 53 bits
+double uniform01(std::mt19937_64& rng) {
+    return double(rng() >> 11) * (1.0 / 9007199254740992.0);
+}
+
+double gaussian(std::mt19937_64& rng) {
+    // Box-Muller, using one of the pair: simple and platform-independent.
+    double u1 = uniform01(rng), u2 = uniform01(rng);
+    return std::sqrt(-2.0 * std::log(1.0 - u1)) * std::cos(2 * M_PI * u2);
+}
+
+} // namespace
+
+void tq_fwht_normalized(float* x, size_t p) {
+    for (size_t h = 1; h < p; h *= 2) {
+        for (size_t i = 0; i < p; i += 2 * h) {
+            for (size_t j = i; j < i + h; j++) {
+                float a = x[j], b = x[j + h];
+                x[j] = a + b;
+                x[j + h] = a - b;
+            }
+        }
+    }
+    const float s = float(1.0 / std::sqrt(double(p)));
+    for (size_t j = 0; j < p; j++) {
+        x[j] *= s;
+    }
+}
+
+size_t TQRotation::block_size() const {
+    size_t p = 1;
+    while (p * 2 <= d) {
+        p *= 2;
+    }
+    return p;
+}
+
+TQRotation::TQRotation(size_t d, int kind, int rounds, uint64_t seed)
+        : d(d), kind(kind), rounds(rounds), seed(seed) {
+    FAISS_THROW_IF_NOT_MSG(d >= 1, "TurboQuant: dimension must be >= 1");
+    std::mt19937_64 rng(seed);
+    if (kind == STRUCTURED) {
+        FAISS_THROW_IF_NOT_FMT(
+                rounds >= 1 && rounds <= 16,
+                "TurboQuant: rotation rounds=%d must be in 1..16",
+                rounds);
+        perms.resize(size_t(rounds) * d);
+        signs.resize(size_t(rounds) * d);
+        for (int r = 0; r < rounds; r++) {
+            int32_t* perm = perms.data() + size_t(r) * d;
+            for (size_t i = 0; i < d; i++) {
+                perm[i] = int32_t(i);
+            }
+            for (size_t i = d; i > 1; i--) { // Fisher-Yates
+                size_t j = size_t(rng() % i);
+                std::swap(perm[i - 1], perm[j]);
+            }
+            float* sg = signs.data() + size_t(r) * d;
+            for (size_t i = 0; i < d; i++) {
+                sg[i] = (rng() >> 63) ? -1.0f : 1.0f;
+            }
+        }
+    } else if (kind == DENSE) {
+        FAISS_THROW_IF_NOT_MSG(
+                d <= 8192, "TurboQuant: dense rotation limited to d <= 8192");
+        // Haar-random orthogonal matrix: Gram-Schmidt (twice, for stability) on rows of
+        // a Gaussian matrix.
+        std::vector<double> m(d * d);
+        for (auto& v : m) {
+            v = gaussian(rng);
+        }
+        for (size_t i = 0; i < d; i++) {
+            double* ri = m.data() + i * d;
+            for (int pass = 0; pass < 2; pass++) {
+                for (size_t j = 0; j < i; j++) {
+                    const double* rj = m.data() + j * d;
+                    double dot = 0;
+                    for (size_t t = 0; t < d; t++) {
+                        dot += ri[t] * rj[t];
+                    }
+                    for (size_t t = 0; t < d; t++) {
+                        ri[t] -= dot * rj[t];
+                    }
+                }
+            }
+            double nrm = 0;
+            for (size_t t = 0; t < d; t++) {
+                nrm += ri[t] * ri[t];
+            }
+            nrm = std::sqrt(nrm);
+            for (size_t t = 0; t < d; t++) {
+                ri[t] /= nrm;
+            }
+        }
+        matrix.resize(d * d);
+        for (size_t i = 0; i < d * d; i++) {
+            matrix[i] = float(m[i]);
+        }
+    } else {
+        FAISS_THROW_FMT("TurboQuant: unknown rotation kind %d", kind);
+    }
+}
+
+void TQRotation::apply(size_t n, const float* x, float* y) const {
+    if (n == 0) {
+        return;
+    }
+    if (kind == DENSE) {
+        // Y (n x d, row-major) = X R^T: in column-major terms Y^T = R X^T.
+        int di = int(d), ni = int(n);
+        float one = 1, zero = 0;
+        sgemm_("T", "N", &di, &ni, &di, &one, matrix.data(), &di, x, &di, &zero, y, &di);
+        return;
+    }
+    const size_t p = block_size();
+    std::vector<float> tmp(d);
+    for (size_t v = 0; v < n; v++) {
+        float* yv = y + v * d;
+        std::copy(x + v * d, x + (v + 1) * d, yv);
+        for (int r = 0; r < rounds; r++) {
+            const int32_t* perm = perms.data() + size_t(r) * d;
+            const float* sg = signs.data() + size_t(r) * d;
+            for (size_t i = 0; i < d; i++) {
+                tmp[i] = yv[perm[i]] * sg[i];
+            }
+            std::copy(tmp.begin(), tmp.end(), yv);
+            tq_fwht_normalized(yv, p);
+            if (p < d) {
+                tq_fwht_normalized(yv + d - p, p);
+            }
+        }
+    }
+}
+
+void TQRotation::apply_transpose(size_t n, const float* y, float* x) const {
+    if (n == 0) {
+        return;
+    }
+    if (kind == DENSE) {
+        // X = Y R: column-major X^T = R^T Y^T.
+        int di = int(d), ni = int(n);
+        float one = 1, zero = 0;
+        sgemm_("N", "N", &di, &ni, &di, &one, matrix.data(), &di, y, &di, &zero, x, &di);
+        return;
+    }
+    const size_t p = block_size();
+    std::vector<float> tmp(d);
+    for (size_t v = 0; v < n; v++) {
+        float* xv = x + v * d;
+        std::copy(y + v * d, y + (v + 1) * d, tmp.begin());
+        for (int r = rounds - 1; r >= 0; r--) {
+            const int32_t* perm = perms.data() + size_t(r) * d;
+            const float* sg = signs.data() + size_t(r) * d;
+            if (p < d) {
+                tq_fwht_normalized(tmp.data() + d - p, p);
+            }
+            tq_fwht_normalized(tmp.data(), p);
+            for (size_t i = 0; i < d; i++) {
+                xv[perm[i]] = tmp[i] * sg[i];
+            }
+            std::copy(xv, xv + d, tmp.begin());
+        }
+    }
+}
+
+} // namespace faiss

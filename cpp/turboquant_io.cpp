@@ -1,0 +1,555 @@
+#include "turboquant_io.h"
+
+#include <unistd.h>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <faiss/IndexFlat.h>
+#include <faiss/IndexIDMap.h>
+#include <faiss/IndexPreTransform.h>
+#include <faiss/IndexRefine.h>
+#include <faiss/VectorTransform.h>
+#include <faiss/impl/FaissAssert.h>
+#include <faiss/clone_index.h>
+#include <faiss/index_io.h>
+#include <faiss/invlists/InvertedLists.h>
+
+#include "IndexIVFTurboQuant.h"
+#include "IndexTurboQuant.h"
+
+namespace faiss {
+
+namespace {
+
+// ---- format constants -------------------------------------------------------
+const uint32_t kFormatVersion = 1;
+const char* const kFlat = "TQFl";
+const char* const kIVF = "TQIv";
+const char* const kIDMap = "TQMp";
+const char* const kIDMap2 = "TQM2";
+const char* const kPreTransform = "TQPt";
+const char* const kRefine = "TQRf";
+const char* const kInvLists = "TQil";
+
+// sanity limits applied before anything is allocated
+const int64_t kMaxDim = 1 << 16;
+const int64_t kMaxNtotal = int64_t(1) << 40;
+const uint64_t kMaxNlist = uint64_t(1) << 28;
+const uint64_t kMaxChain = 64;
+const size_t kChunk = size_t(1) << 22; // bytes read per step: a truncated file fails early
+
+uint32_t fcc(const char* s) {
+    return fourcc(s);
+}
+
+// ---- writing ----------------------------------------------------------------
+template <class T>
+void put(IOWriter* f, const T& v) {
+    FAISS_THROW_IF_NOT_MSG((*f)(&v, sizeof(T), 1) == 1, "TurboQuant: write error");
+}
+
+void put_bytes(IOWriter* f, const void* p, size_t n) {
+    if (n > 0) {
+        FAISS_THROW_IF_NOT_MSG((*f)(p, 1, n) == n, "TurboQuant: write error");
+    }
+}
+
+void put_header(IOWriter* f, const char* tag, const Index* idx) {
+    put(f, fcc(tag));
+    put(f, kFormatVersion);
+    put(f, int32_t(idx->d));
+    put(f, int64_t(idx->ntotal));
+    put(f, uint8_t(idx->is_trained));
+    put(f, int32_t(idx->metric_type));
+    put(f, float(idx->metric_arg));
+}
+
+void put_codec(IOWriter* f, const TurboQuantizer& tq) {
+    put(f, uint64_t(tq.d));
+    put(f, int32_t(tq.nbits));
+    put(f, uint64_t(tq.qjl_m));
+    put(f, uint64_t(tq.seed));
+    put(f, int32_t(tq.rotation_kind));
+    put(f, int32_t(tq.rotation_rounds));
+    put(f, int32_t(tq.correction));
+}
+
+void put_ids(IOWriter* f, const std::vector<idx_t>& ids) {
+    put(f, uint64_t(ids.size()));
+    put_bytes(f, ids.data(), ids.size() * sizeof(idx_t));
+}
+
+void write_invlists(IOWriter* f, const InvertedLists* il) {
+    FAISS_THROW_IF_NOT_MSG(
+            dynamic_cast<const ArrayInvertedLists*>(il),
+            "TurboQuant: only in-memory (Array) inverted lists can be written");
+    put(f, fcc(kInvLists));
+    put(f, uint64_t(il->nlist));
+    put(f, uint64_t(il->code_size));
+    for (size_t l = 0; l < il->nlist; l++) {
+        size_t n = il->list_size(l);
+        put(f, uint64_t(n));
+        InvertedLists::ScopedIds ids(il, l);
+        InvertedLists::ScopedCodes codes(il, l);
+        put_bytes(f, ids.get(), n * sizeof(idx_t));
+        put_bytes(f, codes.get(), n * il->code_size);
+    }
+}
+
+// ---- reading ----------------------------------------------------------------
+template <class T>
+T get(IOReader* f) {
+    T v;
+    FAISS_THROW_IF_NOT_MSG(
+            (*f)(&v, sizeof(T), 1) == 1, "TurboQuant: file is truncated");
+    return v;
+}
+
+/// read n bytes into v, growing it chunk by chunk so that a size field larger than
+/// the file cannot cause a large allocation
+void get_bytes(IOReader* f, std::vector<uint8_t>& v, size_t n) {
+    v.clear();
+    size_t done = 0;
+    while (done < n) {
+        size_t step = std::min(kChunk, n - done);
+        v.resize(done + step);
+        FAISS_THROW_IF_NOT_MSG(
+                (*f)(v.data() + done, 1, step) == step, "TurboQuant: file is truncated");
+        done += step;
+    }
+}
+
+void get_ids(IOReader* f, std::vector<idx_t>& ids, uint64_t expected) {
+    uint64_t n = get<uint64_t>(f);
+    FAISS_THROW_IF_NOT_FMT(
+            n == expected,
+            "TurboQuant: corrupt file: %llu ids for %llu vectors",
+            (unsigned long long)n,
+            (unsigned long long)expected);
+    std::vector<uint8_t> raw;
+    get_bytes(f, raw, n * sizeof(idx_t));
+    ids.resize(n);
+    if (n) {
+        std::memcpy(ids.data(), raw.data(), n * sizeof(idx_t));
+    }
+}
+
+struct Header {
+    int32_t d;
+    int64_t ntotal;
+    bool is_trained;
+    int32_t metric;
+    float metric_arg;
+};
+
+Header get_header(IOReader* f, bool own_metric) {
+    uint32_t version = get<uint32_t>(f);
+    FAISS_THROW_IF_NOT_FMT(
+            version == kFormatVersion,
+            "TurboQuant: unsupported format version %u (this build reads %u)",
+            version,
+            kFormatVersion);
+    Header h;
+    h.d = get<int32_t>(f);
+    h.ntotal = get<int64_t>(f);
+    uint8_t trained = get<uint8_t>(f);
+    h.metric = get<int32_t>(f);
+    h.metric_arg = get<float>(f);
+    FAISS_THROW_IF_NOT_FMT(
+            h.d >= 1 && h.d <= kMaxDim, "TurboQuant: corrupt file: dimension %d", h.d);
+    FAISS_THROW_IF_NOT_FMT(
+            h.ntotal >= 0 && h.ntotal <= kMaxNtotal,
+            "TurboQuant: corrupt file: ntotal %lld",
+            (long long)h.ntotal);
+    FAISS_THROW_IF_NOT_MSG(trained <= 1, "TurboQuant: corrupt file: is_trained flag");
+    if (own_metric) {
+        FAISS_THROW_IF_NOT_FMT(
+                h.metric == METRIC_L2 || h.metric == METRIC_INNER_PRODUCT,
+                "TurboQuant: corrupt file: metric %d",
+                h.metric);
+    }
+    h.is_trained = trained;
+    return h;
+}
+
+void apply_header(Index* idx, const Header& h) {
+    idx->d = h.d;
+    idx->ntotal = h.ntotal;
+    idx->is_trained = h.is_trained;
+    idx->metric_type = MetricType(h.metric);
+    idx->metric_arg = h.metric_arg;
+}
+
+void get_codec(IOReader* f, TurboQuantizer& tq, int32_t d) {
+    uint64_t cd = get<uint64_t>(f);
+    FAISS_THROW_IF_NOT_MSG(cd == uint64_t(d), "TurboQuant: corrupt file: codec dimension");
+    tq.d = cd;
+    tq.nbits = get<int32_t>(f);
+    tq.qjl_m = get<uint64_t>(f);
+    tq.seed = get<uint64_t>(f);
+    tq.rotation_kind = get<int32_t>(f);
+    tq.rotation_rounds = get<int32_t>(f);
+    tq.correction = get<int32_t>(f);
+    FAISS_THROW_IF_NOT_MSG(
+            tq.qjl_m <= 8 * tq.d, "TurboQuant: corrupt file: QJL bit count");
+    FAISS_THROW_IF_NOT_MSG(
+            tq.rotation_kind != TQRotation::DENSE || tq.d <= 4096,
+            "TurboQuant: corrupt file: dense rotation dimension");
+    tq.init(); // validates the remaining parameters
+}
+
+/// Gives back the 4 bytes of an already-read fourcc before the rest of the stream,
+/// so a tag that is not ours can be handed to faiss::read_index.
+struct PushbackReader : IOReader {
+    IOReader* base;
+    uint8_t head[4];
+    size_t pos = 0;
+
+    PushbackReader(IOReader* base, uint32_t tag) : base(base) {
+        std::memcpy(head, &tag, 4);
+    }
+
+    size_t operator()(void* ptr, size_t size, size_t nitems) override {
+        size_t want = size * nitems, got = 0;
+        uint8_t* out = static_cast<uint8_t*>(ptr);
+        while (pos < 4 && got < want) {
+            out[got++] = head[pos++];
+        }
+        if (got < want) {
+            got += (*base)(out + got, 1, want - got);
+        }
+        return size ? got / size : 0;
+    }
+};
+
+Index* read_any(IOReader* f, int io_flags, int depth);
+
+Index* read_flat(IOReader* f) {
+    Header h = get_header(f, true);
+    std::unique_ptr<IndexTurboQuant> idx(new IndexTurboQuant());
+    apply_header(idx.get(), h);
+    get_codec(f, idx->tq, h.d);
+    idx->code_size = idx->tq.code_size;
+    uint64_t cs = get<uint64_t>(f);
+    FAISS_THROW_IF_NOT_MSG(cs == idx->code_size, "TurboQuant: corrupt file: code size");
+    get_bytes(f, idx->codes, size_t(h.ntotal) * cs);
+    idx->ntotal = h.ntotal;
+    idx->is_trained = true;
+    return idx.release();
+}
+
+InvertedLists* read_invlists(IOReader* f, size_t nlist, size_t code_size, int64_t ntotal) {
+    FAISS_THROW_IF_NOT_MSG(
+            get<uint32_t>(f) == fcc(kInvLists), "TurboQuant: corrupt file: inverted lists");
+    FAISS_THROW_IF_NOT_MSG(
+            get<uint64_t>(f) == nlist && get<uint64_t>(f) == code_size,
+            "TurboQuant: corrupt file: inverted lists shape");
+    std::unique_ptr<ArrayInvertedLists> il(new ArrayInvertedLists(nlist, code_size));
+    uint64_t total = 0;
+    std::vector<uint8_t> ids, codes;
+    for (size_t l = 0; l < nlist; l++) {
+        uint64_t n = get<uint64_t>(f);
+        FAISS_THROW_IF_NOT_MSG(
+                n <= uint64_t(ntotal) - total,
+                "TurboQuant: corrupt file: inverted list sizes exceed ntotal");
+        total += n;
+        get_bytes(f, ids, n * sizeof(idx_t));
+        get_bytes(f, codes, n * code_size);
+        if (n) {
+            il->add_entries(l, n, reinterpret_cast<const idx_t*>(ids.data()), codes.data());
+        }
+    }
+    FAISS_THROW_IF_NOT_MSG(
+            total == uint64_t(ntotal),
+            "TurboQuant: corrupt file: inverted list sizes do not add up to ntotal");
+    return il.release();
+}
+
+Index* read_ivf(IOReader* f, int io_flags, int depth) {
+    Header h = get_header(f, true);
+    uint64_t nlist = get<uint64_t>(f);
+    uint64_t nprobe = get<uint64_t>(f);
+    FAISS_THROW_IF_NOT_MSG(
+            nlist >= 1 && nlist <= kMaxNlist, "TurboQuant: corrupt file: nlist");
+    FAISS_THROW_IF_NOT_MSG(
+            nprobe >= 1 && nprobe <= nlist, "TurboQuant: corrupt file: nprobe");
+    std::unique_ptr<Index> quantizer(read_any(f, io_flags, depth + 1));
+    FAISS_THROW_IF_NOT_MSG(
+            quantizer->d == h.d, "TurboQuant: corrupt file: quantizer dimension");
+    FAISS_THROW_IF_NOT_MSG(
+            h.ntotal == 0 || quantizer->ntotal == idx_t(nlist),
+            "TurboQuant: corrupt file: quantizer size differs from nlist");
+    std::unique_ptr<IndexIVFTurboQuant> idx(new IndexIVFTurboQuant());
+    apply_header(idx.get(), h);
+    idx->ntotal = 0;
+    idx->nlist = nlist;
+    idx->nprobe = nprobe;
+    uint8_t by_residual = get<uint8_t>(f);
+    FAISS_THROW_IF_NOT_MSG(by_residual <= 1, "TurboQuant: corrupt file: by_residual");
+    idx->by_residual = by_residual;
+    get_codec(f, idx->tq, h.d);
+    idx->code_size = idx->tq.code_size;
+    int32_t dm_type = get<int32_t>(f);
+    FAISS_THROW_IF_NOT_MSG(
+            dm_type >= DirectMap::NoMap && dm_type <= DirectMap::Hashtable,
+            "TurboQuant: corrupt file: direct map type");
+    std::vector<idx_t> dm;
+    if (dm_type != DirectMap::NoMap) {
+        get_ids(f, dm, uint64_t(h.ntotal));
+    }
+    if (dm_type == DirectMap::Hashtable) {
+        std::vector<idx_t> keys;
+        get_ids(f, keys, uint64_t(h.ntotal));
+        for (size_t i = 0; i < keys.size(); i++) {
+            idx->direct_map.hashtable[keys[i]] = dm[i];
+        }
+    } else if (dm_type == DirectMap::Array) {
+        idx->direct_map.array = dm;
+    }
+    idx->direct_map.type = DirectMap::Type(dm_type);
+    InvertedLists* il = read_invlists(f, nlist, idx->code_size, h.ntotal);
+    idx->replace_invlists(il, true);
+    idx->quantizer = quantizer.release();
+    idx->own_fields = true;
+    idx->ntotal = h.ntotal;
+    // the direct map must point inside the lists
+    for (idx_t lo : idx->direct_map.array) {
+        FAISS_THROW_IF_NOT_MSG(
+                lo == -1 ||
+                        (lo_listno(lo) < nlist &&
+                         lo_offset(lo) < idx->invlists->list_size(lo_listno(lo))),
+                "TurboQuant: corrupt file: direct map entry out of range");
+    }
+    for (auto& kv : idx->direct_map.hashtable) {
+        idx_t lo = kv.second;
+        FAISS_THROW_IF_NOT_MSG(
+                lo_listno(lo) < nlist &&
+                        lo_offset(lo) < idx->invlists->list_size(lo_listno(lo)),
+                "TurboQuant: corrupt file: direct map entry out of range");
+    }
+    return idx.release();
+}
+
+Index* read_idmap(IOReader* f, int io_flags, int depth, bool two) {
+    Header h = get_header(f, false);
+    std::unique_ptr<Index> sub(read_any(f, io_flags, depth + 1));
+    FAISS_THROW_IF_NOT_MSG(
+            sub->d == h.d && sub->ntotal == h.ntotal,
+            "TurboQuant: corrupt file: IDMap does not match its index");
+    std::unique_ptr<IndexIDMap> idx(two ? new IndexIDMap2() : new IndexIDMap());
+    apply_header(idx.get(), h);
+    get_ids(f, idx->id_map, uint64_t(h.ntotal));
+    idx->index = sub.release();
+    idx->own_fields = true;
+    if (two) {
+        static_cast<IndexIDMap2*>(idx.get())->construct_rev_map();
+    }
+    return idx.release();
+}
+
+Index* read_pretransform(IOReader* f, int io_flags, int depth) {
+    Header h = get_header(f, false);
+    uint64_t nchain = get<uint64_t>(f);
+    FAISS_THROW_IF_NOT_MSG(
+            nchain <= kMaxChain, "TurboQuant: corrupt file: transform chain length");
+    std::vector<std::unique_ptr<VectorTransform>> chain;
+    int expected_d = h.d;
+    for (uint64_t i = 0; i < nchain; i++) {
+        chain.emplace_back(read_VectorTransform(f));
+        FAISS_THROW_IF_NOT_MSG(
+                chain.back()->d_in == expected_d,
+                "TurboQuant: corrupt file: transform chain dimensions");
+        expected_d = chain.back()->d_out;
+    }
+    std::unique_ptr<Index> sub(read_any(f, io_flags, depth + 1));
+    FAISS_THROW_IF_NOT_MSG(
+            sub->d == expected_d && sub->ntotal == h.ntotal,
+            "TurboQuant: corrupt file: PreTransform does not match its index");
+    std::unique_ptr<IndexPreTransform> idx(new IndexPreTransform());
+    apply_header(idx.get(), h);
+    for (auto& vt : chain) {
+        idx->chain.push_back(vt.release());
+    }
+    idx->index = sub.release();
+    idx->own_fields = true;
+    return idx.release();
+}
+
+Index* read_refine(IOReader* f, int io_flags, int depth) {
+    Header h = get_header(f, false);
+    uint8_t flat = get<uint8_t>(f);
+    float k_factor = get<float>(f);
+    FAISS_THROW_IF_NOT_MSG(flat <= 1, "TurboQuant: corrupt file: refine kind");
+    FAISS_THROW_IF_NOT_MSG(
+            k_factor >= 1 && k_factor <= 1e6, "TurboQuant: corrupt file: k_factor");
+    std::unique_ptr<Index> base(read_any(f, io_flags, depth + 1));
+    std::unique_ptr<Index> refine(read_any(f, io_flags, depth + 1));
+    FAISS_THROW_IF_NOT_MSG(
+            base->d == h.d && refine->d == h.d && base->ntotal == h.ntotal &&
+                    refine->ntotal == h.ntotal,
+            "TurboQuant: corrupt file: Refine does not match its indexes");
+    std::unique_ptr<IndexRefine> idx;
+    if (flat) {
+        FAISS_THROW_IF_NOT_MSG(
+                dynamic_cast<IndexFlat*>(refine.get()),
+                "TurboQuant: corrupt file: RefineFlat without a flat index");
+        idx.reset(new IndexRefineFlat());
+    } else {
+        idx.reset(new IndexRefine());
+    }
+    apply_header(idx.get(), h);
+    idx->k_factor = k_factor;
+    idx->base_index = base.release();
+    idx->refine_index = refine.release();
+    idx->own_fields = true;
+    idx->own_refine_index = true;
+    return idx.release();
+}
+
+Index* read_any(IOReader* f, int io_flags, int depth) {
+    FAISS_THROW_IF_NOT_MSG(depth < 16, "TurboQuant: corrupt file: nesting too deep");
+    uint32_t tag = get<uint32_t>(f);
+    if (tag == fcc(kFlat)) return read_flat(f);
+    if (tag == fcc(kIVF)) return read_ivf(f, io_flags, depth);
+    if (tag == fcc(kIDMap)) return read_idmap(f, io_flags, depth, false);
+    if (tag == fcc(kIDMap2)) return read_idmap(f, io_flags, depth, true);
+    if (tag == fcc(kPreTransform)) return read_pretransform(f, io_flags, depth);
+    if (tag == fcc(kRefine)) return read_refine(f, io_flags, depth);
+    PushbackReader pb(f, tag);
+    return read_index(&pb, io_flags);
+}
+
+} // namespace
+
+bool tq_contains_turboquant(const Index* idx) {
+    if (!idx) {
+        return false;
+    }
+    if (dynamic_cast<const IndexTurboQuant*>(idx) ||
+        dynamic_cast<const IndexIVFTurboQuant*>(idx)) {
+        return true;
+    }
+    if (auto* m = dynamic_cast<const IndexIDMap*>(idx)) {
+        return tq_contains_turboquant(m->index);
+    }
+    if (auto* p = dynamic_cast<const IndexPreTransform*>(idx)) {
+        return tq_contains_turboquant(p->index);
+    }
+    if (auto* r = dynamic_cast<const IndexRefine*>(idx)) {
+        return tq_contains_turboquant(r->base_index) ||
+                tq_contains_turboquant(r->refine_index);
+    }
+    if (auto* ivf = dynamic_cast<const IndexIVF*>(idx)) {
+        return tq_contains_turboquant(ivf->quantizer);
+    }
+    return false;
+}
+
+void tq_write_index(const Index* idx, IOWriter* f) {
+    FAISS_THROW_IF_NOT_MSG(idx, "write_index: null index");
+    if (!tq_contains_turboquant(idx)) {
+        write_index(idx, f);
+        return;
+    }
+    if (auto* tq = dynamic_cast<const IndexTurboQuant*>(idx)) {
+        put_header(f, kFlat, tq);
+        put_codec(f, tq->tq);
+        put(f, uint64_t(tq->code_size));
+        put_bytes(f, tq->codes.data(), tq->codes.size());
+    } else if (auto* ivf = dynamic_cast<const IndexIVFTurboQuant*>(idx)) {
+        put_header(f, kIVF, ivf);
+        put(f, uint64_t(ivf->nlist));
+        put(f, uint64_t(ivf->nprobe));
+        tq_write_index(ivf->quantizer, f);
+        put(f, uint8_t(ivf->by_residual));
+        put_codec(f, ivf->tq);
+        const DirectMap& dm = ivf->direct_map;
+        put(f, int32_t(dm.type));
+        if (dm.type == DirectMap::Array) {
+            put_ids(f, dm.array);
+        } else if (dm.type == DirectMap::Hashtable) {
+            std::vector<idx_t> keys, vals;
+            for (auto& kv : dm.hashtable) {
+                keys.push_back(kv.first);
+                vals.push_back(kv.second);
+            }
+            put_ids(f, vals);
+            put_ids(f, keys);
+        }
+        write_invlists(f, ivf->invlists);
+    } else if (auto* m = dynamic_cast<const IndexIDMap*>(idx)) {
+        put_header(f, dynamic_cast<const IndexIDMap2*>(idx) ? kIDMap2 : kIDMap, m);
+        tq_write_index(m->index, f);
+        put_ids(f, m->id_map);
+    } else if (auto* p = dynamic_cast<const IndexPreTransform*>(idx)) {
+        put_header(f, kPreTransform, p);
+        put(f, uint64_t(p->chain.size()));
+        for (const VectorTransform* vt : p->chain) {
+            write_VectorTransform(vt, f);
+        }
+        tq_write_index(p->index, f);
+    } else if (auto* r = dynamic_cast<const IndexRefine*>(idx)) {
+        put_header(f, kRefine, r);
+        put(f, uint8_t(dynamic_cast<const IndexRefineFlat*>(idx) ? 1 : 0));
+        put(f, float(r->k_factor));
+        tq_write_index(r->base_index, f);
+        tq_write_index(r->refine_index, f);
+    } else {
+        FAISS_THROW_MSG(
+                "TurboQuant: cannot serialise this composition (TurboQuant inside an "
+                "unsupported wrapper)");
+    }
+}
+
+void tq_write_index(const Index* idx, const char* fname) {
+    FAISS_THROW_IF_NOT_MSG(fname, "write_index: null file name");
+    // Crash safety: the previous file stays intact until the new one is complete.
+    std::string tmp = std::string(fname) + ".tmp-" + std::to_string(getpid());
+    FILE* fp = fopen(tmp.c_str(), "wb");
+    FAISS_THROW_IF_NOT_FMT(
+            fp, "write_index: cannot open %s for writing: %s", tmp.c_str(), strerror(errno));
+    try {
+        FileIOWriter w(fp);
+        tq_write_index(idx, &w);
+        FAISS_THROW_IF_NOT_MSG(fflush(fp) == 0, "write_index: flush failed");
+        FAISS_THROW_IF_NOT_MSG(fsync(fileno(fp)) == 0, "write_index: fsync failed");
+    } catch (...) {
+        fclose(fp);
+        unlink(tmp.c_str());
+        throw;
+    }
+    fclose(fp);
+    if (rename(tmp.c_str(), fname) != 0) {
+        int err = errno;
+        unlink(tmp.c_str());
+        FAISS_THROW_FMT("write_index: cannot rename to %s: %s", fname, strerror(err));
+    }
+}
+
+Index* tq_read_index(IOReader* f, int io_flags) {
+    FAISS_THROW_IF_NOT_MSG(f, "read_index: null reader");
+    return read_any(f, io_flags, 0);
+}
+
+Index* tq_read_index(const char* fname, int io_flags) {
+    FAISS_THROW_IF_NOT_MSG(fname, "read_index: null file name");
+    FileIOReader r(fname);
+    return tq_read_index(&r, io_flags);
+}
+
+Index* tq_clone_index(const Index* idx) {
+    if (!tq_contains_turboquant(idx)) {
+        return clone_index(idx);
+    }
+    VectorIOWriter w;
+    tq_write_index(idx, &w);
+    VectorIOReader r;
+    r.data.swap(w.data);
+    return tq_read_index(&r, 0);
+}
+
+} // namespace faiss

@@ -1,0 +1,42 @@
+"""Makes FAISS aware of TurboQuant: numpy-friendly methods on our classes and the FAISS
+entry points (index_factory, write/read_index, downcast_index, clone_index) replaced by
+versions that know our classes and delegate everything else to FAISS's originals."""
+import faiss
+
+from . import swigturboquant as _swig
+
+# FAISS's own entry points, kept before we replace them
+ORIGINAL = {
+    name: getattr(faiss, name)
+    for name in ("index_factory", "write_index", "read_index", "downcast_index", "clone_index")
+}
+
+
+def check_faiss_version():
+    built = _swig.tq_faiss_version_built()
+    if faiss.__version__ != built:
+        raise ImportError(
+            "faiss_turboquant was compiled against FAISS %s headers but the imported faiss "
+            "module is %s; C++ class layouts differ between releases, so rebuild "
+            "faiss_turboquant against this FAISS (python setup.py build_ext)."
+            % (built, faiss.__version__)
+        )
+
+
+def register():
+    from faiss import class_wrappers
+
+    for cls in (_swig.IndexTurboQuant, _swig.IndexIVFTurboQuant):
+        class_wrappers.handle_Index(cls)
+    # the IVF index keeps a pointer to its coarse quantizer: keep the Python object alive
+    faiss.add_ref_in_constructor(_swig.IndexIVFTurboQuant, 0)
+
+    from . import casting, factory, io
+
+    faiss.IndexTurboQuant = _swig.IndexTurboQuant
+    faiss.IndexIVFTurboQuant = _swig.IndexIVFTurboQuant
+    faiss.index_factory = factory.index_factory
+    faiss.write_index = io.write_index
+    faiss.read_index = io.read_index
+    faiss.downcast_index = casting.downcast_index
+    faiss.clone_index = casting.clone_index
