@@ -21,6 +21,7 @@ SOURCES = [
     "cpp/rotation.cpp",
     "cpp/TurboQuantizer.cpp",
     "cpp/scan/code_dot.cpp",
+    "cpp/scan/code_dot_avx2.cpp",
     "cpp/IndexTurboQuant.cpp",
     "cpp/IndexIVFTurboQuant.cpp",
     "cpp/turboquant_factory.cpp",
@@ -94,6 +95,11 @@ class BuildExt(build_ext):
             ext.library_dirs += [libdir]
             ext.runtime_library_dirs += [libdir]
             ext.extra_link_args += ["-l:" + libfile, "-lblas", "-fopenmp"]
+        if self.inplace:
+            # Unlink (not overwrite) the previous module: processes that have it mapped
+            # keep their copy instead of crashing on a file truncated under them.
+            for old in glob.glob(os.path.join(HERE, "faiss_turboquant", "_swigturboquant*.so")):
+                os.unlink(old)
         super().run()
 
 

@@ -7,6 +7,24 @@
 #include <faiss/impl/IDSelector.h>
 #include <faiss/utils/Heap.h>
 
+extern "C" {
+// BLAS (Fortran interface), from the BLAS that FAISS itself links
+int sgemm_(
+        const char* transa,
+        const char* transb,
+        const int* m,
+        const int* n,
+        const int* k,
+        const float* alpha,
+        const float* a,
+        const int* lda,
+        const float* b,
+        const int* ldb,
+        const float* beta,
+        float* c,
+        const int* ldc);
+}
+
 namespace faiss {
 
 namespace {
@@ -62,6 +80,83 @@ void search_one(
         }
     }
     heap_reorder<C>(k, dis, ids);
+}
+
+/* Many queries at once: decode a block of database codes to their (unscaled) centroid
+ * vectors once, score all queries against it with one BLAS matrix product in the
+ * rotated space, then apply the per-vector factors and update the heaps. */
+template <class C>
+void search_batch_blas(
+        const IndexTurboQuant& index,
+        idx_t n,
+        const float* x,
+        idx_t k,
+        float* distances,
+        idx_t* labels,
+        const IDSelector* sel) {
+    const TurboQuantizer& tq = index.tq;
+    const size_t d = index.d;
+    const bool l2 = index.metric_type == METRIC_L2;
+    const size_t bs = 4096;
+    const float* cen = tq.codebook.centroids.data();
+    std::vector<TurboQuantizer::Query> queries(n);
+    std::vector<float> qrot(size_t(n) * d);
+#pragma omp parallel for
+    for (idx_t q = 0; q < n; q++) {
+        tq.prepare_query(x + q * d, queries[q]);
+        std::copy(queries[q].qrot.begin(), queries[q].qrot.end(), qrot.begin() + q * d);
+        heap_heapify<C>(k, distances + q * k, labels + q * k);
+    }
+    std::vector<float> dec(bs * d), scores(bs * size_t(n));
+    for (idx_t j0 = 0; j0 < index.ntotal; j0 += bs) {
+        const size_t nb = std::min<size_t>(bs, index.ntotal - j0);
+        const uint8_t* codes = index.codes.data() + j0 * index.code_size;
+#pragma omp parallel
+        {
+            std::vector<uint8_t> c(d);
+#pragma omp for
+            for (int64_t v = 0; v < int64_t(nb); v++) {
+                tq.unpack_codes(codes + v * index.code_size, c.data());
+                float* row = dec.data() + v * d;
+                for (size_t i = 0; i < d; i++) {
+                    row[i] = cen[c[i]];
+                }
+            }
+        }
+        {
+            // scores (n x nb, row-major) = qrot (n x d) * dec^T
+            int nbi = int(nb), ni = int(n), di = int(d);
+            float one = 1, zero = 0;
+            sgemm_("T", "N", &nbi, &ni, &di, &one, dec.data(), &di, qrot.data(), &di,
+                   &zero, scores.data(), &nbi);
+        }
+#pragma omp parallel for
+        for (idx_t q = 0; q < n; q++) {
+            float* dis = distances + q * k;
+            idx_t* ids = labels + q * k;
+            const TurboQuantizer::Query& query = queries[q];
+            const float* sq = scores.data() + q * nb;
+            for (size_t v = 0; v < nb; v++) {
+                const idx_t id = j0 + v;
+                if (sel && !sel->is_member(id)) {
+                    continue;
+                }
+                const uint8_t* code = codes + v * index.code_size;
+                float val = tq.combine_ip(query, code, sq[v]);
+                if (l2) {
+                    float norm = tq.code_norm(code);
+                    val = query.qnorm2 + norm * norm - 2 * val;
+                }
+                if (C::cmp(dis[0], val)) {
+                    heap_replace_top<C>(k, dis, ids, val, id);
+                }
+            }
+        }
+    }
+#pragma omp parallel for
+    for (idx_t q = 0; q < n; q++) {
+        heap_reorder<C>(k, distances + q * k, labels + q * k);
+    }
 }
 
 void check_metric(MetricType metric) {
@@ -131,6 +226,14 @@ void IndexTurboQuant::search(
     FAISS_THROW_IF_NOT_MSG(k > 0, "TurboQuant: k must be > 0");
     tq.check_finite(n, x, "query");
     const IDSelector* sel = params ? params->sel : nullptr;
+    if (n >= batch_search_threshold) {
+        if (metric_type == METRIC_L2) {
+            search_batch_blas<CMax<float, idx_t>>(*this, n, x, k, distances, labels, sel);
+        } else {
+            search_batch_blas<CMin<float, idx_t>>(*this, n, x, k, distances, labels, sel);
+        }
+        return;
+    }
 #pragma omp parallel for if (n > 1)
     for (idx_t q = 0; q < n; q++) {
         TurboQuantizer::Query query;

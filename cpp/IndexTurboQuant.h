@@ -14,6 +14,9 @@ namespace faiss {
  * never decompressed. Supports METRIC_INNER_PRODUCT and METRIC_L2. */
 struct IndexTurboQuant : IndexFlatCodes {
     TurboQuantizer tq;
+    /// from this many queries on, search decodes blocks of codes once and scores all
+    /// queries with a BLAS matrix product (same estimator, different float rounding)
+    idx_t batch_search_threshold = 20;
 
     IndexTurboQuant();
     IndexTurboQuant(

@@ -90,73 +90,138 @@ void TurboQuantizer::check_finite(size_t n, const float* x, const char* what) co
             bad);
 }
 
+namespace {
+
+/// the Lloyd-Max cell of u: #{j : boundary_j < u}, by a branchless descent
+inline int quantize(float u, const float* bnd, int K) {
+    int c = 0;
+    for (int s = K / 2; s >= 1; s /= 2) {
+        c += bnd[c + s - 1] < u ? s : 0;
+    }
+    return c;
+}
+
+} // namespace
+
+/* Encoding runs on blocks of 8 vectors held "SoA" (x[i * 8 + lane]): every step below
+ * is a loop over the 8 lanes, so the compiler vectorises across vectors while each
+ * vector still sees the documented sequential order of operations (the float64 sums
+ * run in increasing i per lane), which keeps codes bit-identical to the reference. */
 void TurboQuantizer::encode(size_t n, const float* x, uint8_t* codes) const {
     check_finite(n, x, "input");
     const float* cen = codebook.centroids.data();
     const float* bnd = codebook.boundaries.data();
-    const size_t nb = codebook.boundaries.size();
+    const int K = 1 << nbits;
     const double sqrt_d = std::sqrt(double(d));
-    const size_t bs = 256; // vectors per block: rotations run on blocks (BLAS for dense)
+    const bool dense = rotation.kind == TQRotation::DENSE;
+    const int64_t nblocks = (n + 7) / 8;
 
-#pragma omp parallel if (n > 256)
+#pragma omp parallel if (n > 64)
     {
-        std::vector<float> y(bs * d), r(d), z(d);
-        std::vector<uint8_t> c(d);
+        std::vector<float> X(d * 8), Y(d * 8), T(d * 8), R, Z;
+        std::vector<float> rowmajor(dense ? d * 8 : 0), rotated(dense ? d * 8 : 0);
+        std::vector<uint8_t> C(d * 8);
+        if (qjl_m > 0) {
+            R.resize(d * 8);
+            Z.resize(d * 8);
+        }
 #pragma omp for schedule(static)
-        for (int64_t b0 = 0; b0 < int64_t(n); b0 += bs) {
-            size_t b1 = std::min(n, size_t(b0) + bs);
-            rotation.apply(b1 - b0, x + b0 * d, y.data());
-            for (size_t v = b0; v < b1; v++) {
-                const float* xv = x + v * d;
-                float* yv = y.data() + (v - b0) * d;
-                uint8_t* code = codes + v * code_size;
-                double n2 = 0;
-                for (size_t i = 0; i < d; i++) {
-                    n2 += double(xv[i]) * double(xv[i]);
+        for (int64_t blk = 0; blk < nblocks; blk++) {
+            const size_t v0 = size_t(blk) * 8;
+            const size_t nv = std::min<size_t>(8, n - v0);
+            // transpose in (padding lanes are zero vectors)
+            for (size_t i = 0; i < d; i++) {
+                for (size_t l = 0; l < 8; l++) {
+                    X[i * 8 + l] = l < nv ? x[(v0 + l) * d + i] : 0.0f;
                 }
-                const double norm = std::sqrt(n2);
-                const float inv = norm > 0 ? float(sqrt_d / norm) : 0.0f;
-                double uc = 0, cc = 0;
-                for (size_t i = 0; i < d; i++) {
-                    float u = yv[i] * inv;
-                    size_t ci = std::lower_bound(bnd, bnd + nb, u) - bnd;
-                    c[i] = uint8_t(ci);
-                    uc += double(u) * double(cen[ci]);
-                    cc += double(cen[ci]) * double(cen[ci]);
+            }
+            double n2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (size_t i = 0; i < d; i++) {
+                for (int l = 0; l < 8; l++) {
+                    double xv = X[i * 8 + l];
+                    n2[l] += xv * xv;
                 }
+            }
+            if (dense) {
+                std::copy(x + v0 * d, x + (v0 + nv) * d, rowmajor.begin());
+                rotation.apply(nv, rowmajor.data(), rotated.data());
+                for (size_t i = 0; i < d; i++) {
+                    for (size_t l = 0; l < 8; l++) {
+                        Y[i * 8 + l] = l < nv ? rotated[l * d + i] : 0.0f;
+                    }
+                }
+            } else {
+                std::copy(X.begin(), X.end(), Y.begin());
+                rotation.apply_soa8(Y.data(), T.data());
+            }
+            double norm[8];
+            float inv[8];
+            for (int l = 0; l < 8; l++) {
+                norm[l] = std::sqrt(n2[l]);
+                inv[l] = norm[l] > 0 ? float(sqrt_d / norm[l]) : 0.0f;
+            }
+            double uc[8] = {0, 0, 0, 0, 0, 0, 0, 0}, cc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (size_t i = 0; i < d; i++) {
+                for (int l = 0; l < 8; l++) {
+                    float u = Y[i * 8 + l] * inv[l];
+                    int c = quantize(u, bnd, K);
+                    C[l * d + i] = uint8_t(c);
+                    uc[l] += double(u) * double(cen[c]);
+                    cc[l] += double(cen[c]) * double(cen[c]);
+                }
+            }
+            float ipf_f[8];
+            for (size_t l = 0; l < nv; l++) {
                 double ipf = 0;
-                if (norm > 0 && uc > 0) {
+                if (norm[l] > 0 && uc[l] > 0) {
                     switch (correction) {
-                        case TQ_CORRECTION_PLAIN: ipf = norm / sqrt_d; break;
-                        case TQ_CORRECTION_UNBIASED: ipf = norm * sqrt_d / uc; break;
-                        case TQ_CORRECTION_LSQ: ipf = norm * uc / (sqrt_d * cc); break;
+                        case TQ_CORRECTION_PLAIN: ipf = norm[l] / sqrt_d; break;
+                        case TQ_CORRECTION_UNBIASED: ipf = norm[l] * sqrt_d / uc[l]; break;
+                        case TQ_CORRECTION_LSQ:
+                            ipf = norm[l] * uc[l] / (sqrt_d * cc[l]);
+                            break;
                     }
                 }
-                tq_kernels::pack_codes(c.data(), d, nbits, code);
+                ipf_f[l] = float(ipf);
+                uint8_t* code = codes + (v0 + l) * code_size;
+                tq_kernels::pack_codes(C.data() + l * d, d, nbits, code);
                 uint8_t* factors = code + factors_offset();
-                store_float(factors, float(norm));
-                store_float(factors + 4, float(ipf));
-                if (qjl_m > 0) {
-                    // residual in the rotated space, against the stored MSE estimate
-                    const float ipf_f = float(ipf);
-                    double rn2 = 0;
-                    for (size_t i = 0; i < d; i++) {
-                        float t = ipf_f * cen[c[i]];
-                        r[i] = yv[i] - t;
-                        rn2 += double(r[i]) * double(r[i]);
-                    }
-                    uint8_t* bits = code + mse_bytes;
-                    std::memset(bits, 0, qjl_bytes);
-                    for (size_t j = 0; j < qjl_rotations.size(); j++) {
-                        qjl_rotations[j].apply(1, r.data(), z.data());
-                        for (size_t i = 0; i < d && j * d + i < qjl_m; i++) {
-                            size_t k = j * d + i;
-                            if (z[i] > 0) {
-                                bits[k >> 3] |= uint8_t(1u << (k & 7));
-                            }
+                store_float(factors, float(norm[l]));
+                store_float(factors + 4, ipf_f[l]);
+            }
+            if (qjl_m == 0) {
+                continue;
+            }
+            // QJL: residual in the rotated space against the stored MSE estimate
+            for (size_t l = nv; l < 8; l++) {
+                ipf_f[l] = 0;
+            }
+            double rn2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (size_t i = 0; i < d; i++) {
+                for (int l = 0; l < 8; l++) {
+                    float t = ipf_f[l] * cen[C[l * d + i]];
+                    float r = Y[i * 8 + l] - t;
+                    R[i * 8 + l] = r;
+                    rn2[l] += double(r) * double(r);
+                }
+            }
+            for (size_t l = 0; l < nv; l++) {
+                uint8_t* code = codes + (v0 + l) * code_size;
+                std::memset(code + mse_bytes, 0, qjl_bytes);
+                store_float(
+                        code + factors_offset() + 8, float(std::sqrt(rn2[l]) * qjl_scale));
+            }
+            for (size_t j = 0; j < qjl_rotations.size(); j++) {
+                std::copy(R.begin(), R.end(), Z.begin());
+                qjl_rotations[j].apply_soa8(Z.data(), T.data());
+                for (size_t l = 0; l < nv; l++) {
+                    uint8_t* bits = codes + (v0 + l) * code_size + mse_bytes;
+                    for (size_t i = 0; i < d && j * d + i < qjl_m; i++) {
+                        size_t k = j * d + i;
+                        if (Z[i * 8 + l] > 0) {
+                            bits[k >> 3] |= uint8_t(1u << (k & 7));
                         }
                     }
-                    store_float(factors + 8, float(std::sqrt(rn2) * qjl_scale));
                 }
             }
         }
@@ -245,8 +310,12 @@ void TurboQuantizer::prepare_query(const float* q, Query& query) const {
 }
 
 float TurboQuantizer::estimate_ip(const Query& query, const uint8_t* code) const {
-    const uint8_t* factors = code + factors_offset();
     float dot = query.code_dot(code, query.qrot.data(), codebook.centroids.data(), d);
+    return combine_ip(query, code, dot);
+}
+
+float TurboQuantizer::combine_ip(const Query& query, const uint8_t* code, float dot) const {
+    const uint8_t* factors = code + factors_offset();
     float ip = load_float(factors + 4) * dot;
     if (qjl_m > 0) {
         float s = tq_kernels::sum_set_bits(

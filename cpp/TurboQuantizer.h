@@ -81,6 +81,8 @@ struct TurboQuantizer {
 
     /// estimated <q, x> for one code
     float estimate_ip(const Query& query, const uint8_t* code) const;
+    /// estimated <q, x> given dot = sum_i (Pi q)_i centroid[code_i] computed elsewhere
+    float combine_ip(const Query& query, const uint8_t* code, float dot) const;
     /// estimated distance for the metric (IP: <q, x>; L2: ||q - x||^2)
     float estimate_distance(const Query& query, const uint8_t* code, bool l2) const {
         float ip = estimate_ip(query, code);

@@ -56,6 +56,61 @@ void tq_fwht_normalized(float* x, size_t p) {
     }
 }
 
+namespace {
+
+#define TQ_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+
+TQ_SIMD_CLONES void fwht_soa8(float* x, size_t p) {
+    for (size_t h = 1; h < p; h *= 2) {
+        for (size_t i = 0; i < p; i += 2 * h) {
+            for (size_t j = i; j < i + h; j++) {
+                float* a = x + j * 8;
+                float* b = x + (j + h) * 8;
+                for (int l = 0; l < 8; l++) {
+                    float u = a[l], v = b[l];
+                    a[l] = u + v;
+                    b[l] = u - v;
+                }
+            }
+        }
+    }
+    const float s = float(1.0 / std::sqrt(double(p)));
+    for (size_t j = 0; j < p * 8; j++) {
+        x[j] *= s;
+    }
+}
+
+TQ_SIMD_CLONES void permute_signs_soa8(
+        const float* x,
+        float* out,
+        const int32_t* perm,
+        const float* sg,
+        size_t d) {
+    for (size_t i = 0; i < d; i++) {
+        const float* src = x + size_t(perm[i]) * 8;
+        float* dst = out + i * 8;
+        for (int l = 0; l < 8; l++) {
+            dst[l] = src[l] * sg[i];
+        }
+    }
+}
+
+} // namespace
+
+void TQRotation::apply_soa8(float* x, float* tmp) const {
+    FAISS_THROW_IF_NOT_MSG(kind == STRUCTURED, "apply_soa8: structured rotations only");
+    const size_t p = block_size();
+    for (int r = 0; r < rounds; r++) {
+        permute_signs_soa8(
+                x, tmp, perms.data() + size_t(r) * d, signs.data() + size_t(r) * d, d);
+        std::copy(tmp, tmp + d * 8, x);
+        fwht_soa8(x, p);
+        if (p < d) {
+            fwht_soa8(x + (d - p) * 8, p);
+        }
+    }
+}
+
 size_t TQRotation::block_size() const {
     size_t p = 1;
     while (p * 2 <= d) {

@@ -41,6 +41,13 @@ struct TQRotation {
     /// x = Pi^T y for n vectors
     void apply_transpose(size_t n, const float* y, float* x) const;
 
+    /** Rotate 8 vectors at once in "SoA" layout (x[i * 8 + lane] is coordinate i of
+     * vector `lane`), in place; tmp holds d * 8 floats. Every lane sees exactly the
+     * operations of apply(), so results are bit-identical, but each butterfly
+     * works on 8 vectors with one SIMD instruction. DENSE rotations are not
+     * supported here (they go through BLAS). */
+    void apply_soa8(float* x, float* tmp) const;
+
     /// largest power of two <= d (the Hadamard block size)
     size_t block_size() const;
 };

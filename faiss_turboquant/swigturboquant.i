@@ -17,6 +17,7 @@
 #include <faiss/impl/FaissException.h>
 
 #include "faiss_compat.h"
+#include "scan/code_dot.h"
 #include "lloyd_max.h"
 #include "rotation.h"
 #include "TurboQuantizer.h"
@@ -141,6 +142,14 @@ const char* tq_faiss_version_built() {
 #define TQ_STR(x) TQ_STR2(x)
     return TQ_STR(FAISS_VERSION_MAJOR) "." TQ_STR(FAISS_VERSION_MINOR) "." TQ_STR(
             FAISS_VERSION_PATCH);
+}
+/// SIMD level of the scan kernels: 0 portable scalar, 1 AVX2+FMA
+int tq_simd_level() {
+    return faiss::tq_kernels::simd_level();
+}
+/// force a SIMD level (-1: best available); returns the level in effect
+int tq_set_simd_level(int level) {
+    return faiss::tq_kernels::set_simd_level(level);
 }
 /// the SWIG runtime type-table version this module was generated with
 int tq_swig_runtime_version() {

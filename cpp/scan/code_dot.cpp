@@ -1,22 +1,66 @@
 #include "code_dot.h"
 
+#include <atomic>
+#include <cstdlib>
+#include <string>
+
 #include <faiss/impl/FaissAssert.h>
 
 namespace faiss {
 namespace tq_kernels {
 
-code_dot_fn get_code_dot(int nbits) {
-    switch (nbits) {
-        case 1: return code_dot<1>;
-        case 2: return code_dot<2>;
-        case 3: return code_dot<3>;
-        case 4: return code_dot<4>;
-        case 5: return code_dot<5>;
-        case 6: return code_dot<6>;
-        case 7: return code_dot<7>;
-        case 8: return code_dot<8>;
+namespace {
+
+int detect_simd_level() {
+    if (const char* env = std::getenv("TQ_SIMD")) { // "scalar" forces the portable path
+        if (std::string(env) == "scalar") {
+            return 0;
+        }
     }
-    FAISS_THROW_FMT("TurboQuant: nbits=%d must be in 1..8", nbits);
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        return 1;
+    }
+#endif
+    return 0;
+}
+
+std::atomic<int>& level_ref() {
+    static std::atomic<int> level(detect_simd_level());
+    return level;
+}
+
+} // namespace
+
+int simd_level() {
+    return level_ref().load();
+}
+
+int set_simd_level(int level) {
+    int best = detect_simd_level();
+    level_ref().store(level < 0 ? best : std::min(level, best));
+    return simd_level();
+}
+
+code_dot_fn get_code_dot(int nbits) {
+    FAISS_THROW_IF_NOT_FMT(
+            nbits >= 1 && nbits <= 8, "TurboQuant: nbits=%d must be in 1..8", nbits);
+#if defined(__x86_64__)
+    if (simd_level() >= 1) {
+        return get_code_dot_avx2(nbits);
+    }
+#endif
+    switch (nbits) {
+        case 1: return code_dot_scalar<1>;
+        case 2: return code_dot_scalar<2>;
+        case 3: return code_dot_scalar<3>;
+        case 4: return code_dot_scalar<4>;
+        case 5: return code_dot_scalar<5>;
+        case 6: return code_dot_scalar<6>;
+        case 7: return code_dot_scalar<7>;
+        default: return code_dot_scalar<8>;
+    }
 }
 
 void unpack_codes(const uint8_t* code, size_t d, int nbits, uint8_t* out) {
