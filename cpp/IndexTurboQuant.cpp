@@ -4,26 +4,11 @@
 
 #include <faiss/impl/AuxIndexStructures.h>
 #include <faiss/impl/FaissAssert.h>
+
+#include "blas.h"
 #include <faiss/impl/IDSelector.h>
 #include <faiss/utils/Heap.h>
 
-extern "C" {
-// BLAS (Fortran interface), from the BLAS that FAISS itself links
-int sgemm_(
-        const char* transa,
-        const char* transb,
-        const int* m,
-        const int* n,
-        const int* k,
-        const float* alpha,
-        const float* a,
-        const int* lda,
-        const float* b,
-        const int* ldb,
-        const float* beta,
-        float* c,
-        const int* ldc);
-}
 
 namespace faiss {
 

@@ -5,23 +5,8 @@
 
 #include <faiss/impl/FaissAssert.h>
 
-extern "C" {
-// BLAS (Fortran interface), linked from the BLAS that FAISS itself uses.
-int sgemm_(
-        const char* transa,
-        const char* transb,
-        const int* m,
-        const int* n,
-        const int* k,
-        const float* alpha,
-        const float* a,
-        const int* lda,
-        const float* b,
-        const int* ldb,
-        const float* beta,
-        float* c,
-        const int* ldc);
-}
+#include "blas.h"
+
 
 namespace faiss {
 
