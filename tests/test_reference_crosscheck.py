@@ -207,7 +207,9 @@ def test_dense_rotation_close(d, nbits, qjl_m, metric):
     assert (np.abs(c1.astype(int) - c2.astype(int)) <= 1).all()
     if qjl_m:
         assert (b1 == b2).mean() >= 0.999
-    np.testing.assert_allclose(f1, f2, rtol=1e-4, atol=1e-30)
+    # BLAS rounding (~1e-7 of the norm) moves the tiny 8-bit residual norms by more than
+    # 1e-4 relative: compare the factors relative to the vector norm instead
+    np.testing.assert_allclose(f1, f2, rtol=1e-4, atol=1e-6 * np.abs(f1[:, 0]).max())
     xb, xq = dataset(d)
     check_search(idx, p, codes_cpp, xb, xq)
     x_cpp = idx.sa_decode(codes_cpp)
