@@ -25,6 +25,7 @@ IndexIVFTurboQuant::IndexIVFTurboQuant(
         MetricType metric,
         uint64_t seed)
         : IndexIVF(quantizer, d, nlist, 0, metric) {
+    FAISS_THROW_IF_NOT_MSG(nlist >= 1, "TurboQuant: nlist must be >= 1");
     FAISS_THROW_IF_NOT_MSG(
             metric == METRIC_L2 || metric == METRIC_INNER_PRODUCT,
             "TurboQuant: only METRIC_L2 and METRIC_INNER_PRODUCT are supported");
@@ -63,6 +64,12 @@ void IndexIVFTurboQuant::encode_vectors(
     const size_t coarse_size = include_listnos ? coarse_code_size() : 0;
     const size_t stride = coarse_size + code_size;
     tq.check_finite(n, x, "input");
+    for (idx_t i = 0; i < n; i++) { // a broken quantizer must not make us read out of bounds
+        FAISS_THROW_IF_NOT_FMT(
+                list_nos[i] >= -1 && list_nos[i] < idx_t(nlist),
+                "TurboQuant: invalid list number %lld from the coarse quantizer",
+                (long long)list_nos[i]);
+    }
     std::vector<uint8_t> tmp;
     const float* to_encode = x;
     std::vector<float> residuals;

@@ -130,8 +130,9 @@ TQRotation::TQRotation(size_t d, int kind, int rounds, uint64_t seed)
             }
         }
     } else if (kind == DENSE) {
+        // Gram-Schmidt is O(d^3): beyond 1024 use the structured rotation
         FAISS_THROW_IF_NOT_MSG(
-                d <= 8192, "TurboQuant: dense rotation limited to d <= 8192");
+                d <= 1024, "TurboQuant: dense rotation limited to d <= 1024");
         // Haar-random orthogonal matrix: Gram-Schmidt (twice, for stability) on rows of
         // a Gaussian matrix.
         std::vector<double> m(d * d);

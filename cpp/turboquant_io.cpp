@@ -9,6 +9,8 @@
 #include <vector>
 
 #include <faiss/IndexFlat.h>
+#include <faiss/IndexFlatCodes.h>
+#include <faiss/IndexHNSW.h>
 #include <faiss/IndexIDMap.h>
 #include <faiss/IndexPreTransform.h>
 #include <faiss/IndexRefine.h>
@@ -197,7 +199,7 @@ void get_codec(IOReader* f, TurboQuantizer& tq, int32_t d) {
     FAISS_THROW_IF_NOT_MSG(
             tq.qjl_m <= 8 * tq.d, "TurboQuant: corrupt file: QJL bit count");
     FAISS_THROW_IF_NOT_MSG(
-            tq.rotation_kind != TQRotation::DENSE || tq.d <= 4096,
+            tq.rotation_kind != TQRotation::DENSE || tq.d <= 1024,
             "TurboQuant: corrupt file: dense rotation dimension");
     tq.init(); // validates the remaining parameters
 }
@@ -280,9 +282,22 @@ Index* read_ivf(IOReader* f, int io_flags, int depth) {
     std::unique_ptr<Index> quantizer(read_any(f, io_flags, depth + 1));
     FAISS_THROW_IF_NOT_MSG(
             quantizer->d == h.d, "TurboQuant: corrupt file: quantizer dimension");
+    // A coarse quantizer must return list numbers (positions), so only index types whose
+    // labels are positions are accepted; a trained one holds exactly nlist centroids
+    // (which bounds nlist by the bytes in the file), an untrained one none.
     FAISS_THROW_IF_NOT_MSG(
-            h.ntotal == 0 || quantizer->ntotal == idx_t(nlist),
-            "TurboQuant: corrupt file: quantizer size differs from nlist");
+            dynamic_cast<IndexFlatCodes*>(quantizer.get()) ||
+                    dynamic_cast<IndexHNSW*>(quantizer.get()),
+            "TurboQuant: corrupt file: unsupported coarse quantizer type");
+    if (h.is_trained) {
+        FAISS_THROW_IF_NOT_MSG(
+                quantizer->ntotal == idx_t(nlist),
+                "TurboQuant: corrupt file: quantizer size differs from nlist");
+    } else {
+        FAISS_THROW_IF_NOT_MSG(
+                quantizer->ntotal == 0 && h.ntotal == 0 && nlist <= (1 << 20),
+                "TurboQuant: corrupt file: untrained IVF index with content");
+    }
     std::unique_ptr<IndexIVFTurboQuant> idx(new IndexIVFTurboQuant());
     apply_header(idx.get(), h);
     idx->ntotal = 0;
