@@ -22,6 +22,7 @@ SOURCES = [
     "cpp/TurboQuantizer.cpp",
     "cpp/scan/code_dot.cpp",
     "cpp/scan/code_dot_avx2.cpp",
+    "cpp/scan/code_dot_avx512.cpp",
     "cpp/IndexTurboQuant.cpp",
     "cpp/IndexIVFTurboQuant.cpp",
     "cpp/turboquant_factory.cpp",

@@ -210,15 +210,30 @@ struct IVFTurboQuantScanner : InvertedListScanner {
             idx_t* idxi,
             size_t k) const {
         size_t nup = 0;
-        for (size_t j = 0; j < n; j++, codes += code_size) {
-            if (sel && !sel->is_member(id_of(ids, j))) {
-                continue;
+        const size_t bs = 256;
+        float buf[bs];
+        for (size_t j0 = 0; j0 < n; j0 += bs) {
+            const size_t nb = std::min(bs, n - j0);
+            const uint8_t* block = codes + j0 * code_size;
+            if (sel) {
+                for (size_t j = 0; j < nb; j++) {
+                    buf[j] = sel->is_member(id_of(ids, j0 + j))
+                            ? distance_to_code(block + j * code_size)
+                            : (C::cmp(0, 1) ? -HUGE_VALF : HUGE_VALF); // never kept
+                }
+            } else {
+                ivf.tq.estimate_distances(query, block, nb, l2, buf);
+                for (size_t j = 0; j < nb; j++) {
+                    buf[j] += offset;
+                }
             }
-            float dis = distance_to_code(codes);
-            if (C::cmp(simi[0], dis)) {
-                idx_t id = store_pairs ? lo_build(list_no, j) : ids[j];
-                heap_replace_top<C>(k, simi, idxi, dis, id);
-                nup++;
+            for (size_t j = 0; j < nb; j++) {
+                if (C::cmp(simi[0], buf[j])) {
+                    size_t jj = j0 + j;
+                    idx_t id = store_pairs ? lo_build(list_no, jj) : ids[jj];
+                    heap_replace_top<C>(k, simi, idxi, buf[j], id);
+                    nup++;
+                }
             }
         }
         return nup;

@@ -54,14 +54,27 @@ void search_one(
         const IDSelector* sel) {
     const bool l2 = index.metric_type == METRIC_L2;
     heap_heapify<C>(k, dis, ids);
-    const uint8_t* code = index.codes.data();
-    for (idx_t i = 0; i < index.ntotal; i++, code += index.code_size) {
-        if (sel && !sel->is_member(i)) {
-            continue;
+    const uint8_t* codes = index.codes.data();
+    if (sel) { // only the selected codes are scored
+        for (idx_t i = 0; i < index.ntotal; i++) {
+            if (sel->is_member(i)) {
+                float v = index.tq.estimate_distance(query, codes + i * index.code_size, l2);
+                if (C::cmp(dis[0], v)) {
+                    heap_replace_top<C>(k, dis, ids, v, i);
+                }
+            }
         }
-        float v = index.tq.estimate_distance(query, code, l2);
-        if (C::cmp(dis[0], v)) {
-            heap_replace_top<C>(k, dis, ids, v, i);
+    } else {
+        const size_t bs = 256;
+        float buf[bs];
+        for (idx_t i0 = 0; i0 < index.ntotal; i0 += bs) {
+            size_t nb = std::min<size_t>(bs, index.ntotal - i0);
+            index.tq.estimate_distances(query, codes + i0 * index.code_size, nb, l2, buf);
+            for (size_t j = 0; j < nb; j++) {
+                if (C::cmp(dis[0], buf[j])) {
+                    heap_replace_top<C>(k, dis, ids, buf[j], i0 + j);
+                }
+            }
         }
     }
     heap_reorder<C>(k, dis, ids);

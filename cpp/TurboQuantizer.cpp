@@ -52,6 +52,9 @@ void TurboQuantizer::init() {
             "TurboQuant: unknown correction %d",
             correction);
     codebook = LloydMaxCodebook(d, nbits);
+    centroid_table = codebook.centroids;
+    centroid_table.resize(
+            std::max(codebook.centroids.size(), tq_kernels::kCentroidTablePad), 0.0f);
     rotation = TQRotation(d, rotation_kind, rotation_rounds, seed);
     qjl_rotations.clear();
     for (size_t j = 0; j * d < qjl_m; j++) {
@@ -295,6 +298,7 @@ void TurboQuantizer::prepare_query(const float* q, Query& query) const {
     }
     query.qnorm2 = float(n2);
     query.code_dot = tq_kernels::get_code_dot(nbits);
+    query.code_dot_many = tq_kernels::get_code_dot_many(nbits);
     query.qjl_proj.resize(qjl_m);
     query.qjl_proj_sum = 0;
     if (qjl_m > 0) {
@@ -310,8 +314,27 @@ void TurboQuantizer::prepare_query(const float* q, Query& query) const {
 }
 
 float TurboQuantizer::estimate_ip(const Query& query, const uint8_t* code) const {
-    float dot = query.code_dot(code, query.qrot.data(), codebook.centroids.data(), d);
+    float dot = query.code_dot(code, query.qrot.data(), centroid_table.data(), d);
     return combine_ip(query, code, dot);
+}
+
+void TurboQuantizer::estimate_distances(
+        const Query& query,
+        const uint8_t* codes,
+        size_t n,
+        bool l2,
+        float* out) const {
+    query.code_dot_many(
+            codes, code_size, n, query.qrot.data(), centroid_table.data(), d, out);
+    for (size_t v = 0; v < n; v++) {
+        const uint8_t* code = codes + v * code_size;
+        float ip = combine_ip(query, code, out[v]);
+        if (l2) {
+            float norm = code_norm(code);
+            ip = query.qnorm2 + norm * norm - 2 * ip;
+        }
+        out[v] = ip;
+    }
 }
 
 float TurboQuantizer::combine_ip(const Query& query, const uint8_t* code, float dot) const {

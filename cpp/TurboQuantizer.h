@@ -44,6 +44,8 @@ struct TurboQuantizer {
 
     // ---- derived state, rebuilt by init() ----
     LloydMaxCodebook codebook;
+    /// the centroids zero-padded to a whole SIMD table (what the scan kernels read)
+    std::vector<float> centroid_table;
     TQRotation rotation;
     std::vector<TQRotation> qjl_rotations; ///< ceil(m / d) rotations of the residual
     size_t mse_bytes = 0, qjl_bytes = 0, code_size = 0;
@@ -74,8 +76,11 @@ struct TurboQuantizer {
         std::vector<float> qjl_proj; ///< Psi Pi q (m values)
         float qjl_proj_sum = 0;      ///< sum of qjl_proj
         float qnorm2 = 0;            ///< ||q||^2
-        /// the code_dot kernel for this bit width, chosen once per query
+        /// the code_dot kernels for this bit width, chosen once per query
         float (*code_dot)(const uint8_t*, const float*, const float*, size_t) = nullptr;
+        void (*code_dot_many)(
+                const uint8_t*, size_t, size_t, const float*, const float*, size_t, float*) =
+                nullptr;
     };
     void prepare_query(const float* q, Query& query) const;
 
@@ -92,6 +97,14 @@ struct TurboQuantizer {
         float norm = code_norm(code);
         return query.qnorm2 + norm * norm - 2 * ip;
     }
+
+    /// estimated distances to n consecutive codes (the fast path of every scan)
+    void estimate_distances(
+            const Query& query,
+            const uint8_t* codes,
+            size_t n,
+            bool l2,
+            float* out) const;
 
     float code_norm(const uint8_t* code) const;
 

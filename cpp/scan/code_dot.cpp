@@ -1,5 +1,6 @@
 #include "code_dot.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <string>
@@ -12,18 +13,24 @@ namespace tq_kernels {
 namespace {
 
 int detect_simd_level() {
-    if (const char* env = std::getenv("TQ_SIMD")) { // "scalar" forces the portable path
-        if (std::string(env) == "scalar") {
-            return 0;
-        }
+    int cap = 2; // TQ_SIMD=scalar|avx2 caps the level (tests compare the paths)
+    if (const char* env = std::getenv("TQ_SIMD")) {
+        std::string v(env);
+        cap = v == "scalar" ? 0 : v == "avx2" ? 1 : 2;
     }
+    int level = 0;
 #if defined(__x86_64__)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        return 1;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("bmi2")) {
+        level = 1;
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512vl")) {
+            level = 2;
+        }
     }
 #endif
-    return 0;
+    return std::min(level, cap);
 }
 
 std::atomic<int>& level_ref() {
@@ -47,6 +54,9 @@ code_dot_fn get_code_dot(int nbits) {
     FAISS_THROW_IF_NOT_FMT(
             nbits >= 1 && nbits <= 8, "TurboQuant: nbits=%d must be in 1..8", nbits);
 #if defined(__x86_64__)
+    if (simd_level() >= 2) {
+        return get_code_dot_avx512(nbits);
+    }
     if (simd_level() >= 1) {
         return get_code_dot_avx2(nbits);
     }
@@ -60,6 +70,29 @@ code_dot_fn get_code_dot(int nbits) {
         case 6: return code_dot_scalar<6>;
         case 7: return code_dot_scalar<7>;
         default: return code_dot_scalar<8>;
+    }
+}
+
+code_dot_many_fn get_code_dot_many(int nbits) {
+    FAISS_THROW_IF_NOT_FMT(
+            nbits >= 1 && nbits <= 8, "TurboQuant: nbits=%d must be in 1..8", nbits);
+#if defined(__x86_64__)
+    if (simd_level() >= 2) {
+        return get_code_dot_many_avx512(nbits);
+    }
+    if (simd_level() >= 1) {
+        return get_code_dot_many_avx2(nbits);
+    }
+#endif
+    switch (nbits) {
+        case 1: return code_dot_many_scalar<1>;
+        case 2: return code_dot_many_scalar<2>;
+        case 3: return code_dot_many_scalar<3>;
+        case 4: return code_dot_many_scalar<4>;
+        case 5: return code_dot_many_scalar<5>;
+        case 6: return code_dot_many_scalar<6>;
+        case 7: return code_dot_many_scalar<7>;
+        default: return code_dot_many_scalar<8>;
     }
 }
 

@@ -1,36 +1,19 @@
 // AVX2 + FMA code_dot, compiled for that target only and chosen at run time.
 #if defined(__x86_64__)
 
-#include <immintrin.h>
-
-#include <cstring>
-
-#include "code_dot.h"
+#include "code_dot_simd.h"
 
 namespace faiss {
 namespace tq_kernels {
 
 namespace {
 
-#define TQ_AVX2 __attribute__((target("avx2,fma")))
+#define TQ_AVX2 __attribute__((target("avx2,fma,bmi2")))
 
-// eight NBITS-bit codes of a 64-bit word in eight 32-bit lanes: lanes 0-3 from the
-// low 4*NBITS bits, lanes 4-7 from the next 4*NBITS bits (4*8 = 32 bits at most)
-template <int NBITS>
-TQ_AVX2 inline __m256i codes_to_lanes(uint64_t w) {
-    const __m256i shifts = _mm256_setr_epi32(
-            0, NBITS, 2 * NBITS, 3 * NBITS, 0, NBITS, 2 * NBITS, 3 * NBITS);
-    const __m256i mask = _mm256_set1_epi32((1 << NBITS) - 1);
-    uint32_t lo = uint32_t(w), hi = uint32_t(w >> (4 * NBITS));
-    __m256i v = _mm256_setr_epi32(lo, lo, lo, lo, hi, hi, hi, hi);
-    return _mm256_and_si256(_mm256_srlv_epi32(v, shifts), mask);
-}
-
-// centroids[idx] for eight lanes
-template <int NBITS>
-struct Lookup {
+// centroids[idx] for eight lanes: gather (any width)
+struct LookupGather {
     const float* c;
-    TQ_AVX2 explicit Lookup(const float* c) : c(c) {}
+    TQ_AVX2 explicit LookupGather(const float* c) : c(c) {}
     TQ_AVX2 __m256 operator()(__m256i idx) const {
         return _mm256_i32gather_ps(c, idx, 4);
     }
@@ -40,13 +23,7 @@ struct Lookup {
 template <int NBITS>
 struct LookupSmall {
     __m256 table;
-    TQ_AVX2 explicit LookupSmall(const float* c) {
-        float t[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        for (int j = 0; j < (1 << NBITS); j++) {
-            t[j] = c[j];
-        }
-        table = _mm256_loadu_ps(t);
-    }
+    TQ_AVX2 explicit LookupSmall(const float* c) : table(_mm256_loadu_ps(c)) {}
     TQ_AVX2 __m256 operator()(__m256i idx) const {
         return _mm256_permutevar8x32_ps(table, idx);
     }
@@ -65,6 +42,7 @@ struct Lookup16 {
     }
 };
 
+// lanes 0-7 of the canonical order in acc0, lanes 8-15 in acc1
 template <int NBITS, class LK>
 TQ_AVX2 float code_dot_avx2(
         const uint8_t* code,
@@ -72,29 +50,79 @@ TQ_AVX2 float code_dot_avx2(
         const float* centroids,
         size_t d) {
     const LK lookup(centroids);
-    __m256 acc = _mm256_setzero_ps();
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     size_t i = 0;
-    for (; i + 8 <= d; i += 8) {
-        uint64_t w;
-        std::memcpy(&w, code, 8); // safe: codes are followed by >= 8 bytes of factors
-        __m256i idx = codes_to_lanes<NBITS>(w);
-        code += NBITS;
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), lookup(idx), acc);
+    for (; i + 16 <= d; i += 16, code += 2 * NBITS) {
+        __m128i bytes = codes16_to_bytes<NBITS>(code);
+        __m256i idx0 = _mm256_cvtepu8_epi32(bytes);
+        __m256i idx1 = _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(bytes, bytes));
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), lookup(idx0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), lookup(idx1), acc1);
     }
-    alignas(32) float lanes[8];
-    _mm256_store_ps(lanes, acc);
-    if (i < d) { // tail in the scalar order of code_dot_scalar
-        constexpr uint64_t mask = (uint64_t(1) << NBITS) - 1;
-        size_t cnt = d - i;
-        uint64_t w = load_bytes(code, (cnt * NBITS + 7) / 8);
-        for (size_t j = 0; j < cnt; j++) {
-            lanes[j] = std::fma(q[i + j], centroids[(w >> (j * NBITS)) & mask], lanes[j]);
+    alignas(32) float lanes[16];
+    _mm256_store_ps(lanes, acc0);
+    _mm256_store_ps(lanes + 8, acc1);
+    code_dot_tail<NBITS>(code, q + i, centroids, d - i, lanes);
+    return reduce_lanes16(lanes);
+}
+
+/// code_dot of n codes: two codes at a time (4 independent FMA chains)
+template <int NBITS, class LK>
+TQ_AVX2 void code_dot_many_avx2(
+        const uint8_t* codes,
+        size_t stride,
+        size_t n,
+        const float* q,
+        const float* centroids,
+        size_t d,
+        float* out) {
+    const LK lookup(centroids);
+    size_t v = 0;
+    for (; v + 2 <= n; v += 2) {
+        const uint8_t* c = codes + v * stride;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, b0 = a0, b1 = a0;
+        size_t i = 0, off = 0;
+        for (; i + 16 <= d; i += 16, off += 2 * NBITS) {
+            __m256 q0 = _mm256_loadu_ps(q + i), q1 = _mm256_loadu_ps(q + i + 8);
+            __m128i ba = codes16_to_bytes<NBITS>(c + off);
+            __m128i bb = codes16_to_bytes<NBITS>(c + stride + off);
+            a0 = _mm256_fmadd_ps(q0, lookup(_mm256_cvtepu8_epi32(ba)), a0);
+            a1 = _mm256_fmadd_ps(
+                    q1, lookup(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(ba, ba))), a1);
+            b0 = _mm256_fmadd_ps(q0, lookup(_mm256_cvtepu8_epi32(bb)), b0);
+            b1 = _mm256_fmadd_ps(
+                    q1, lookup(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(bb, bb))), b1);
+        }
+        alignas(32) float lanes[2][16];
+        _mm256_store_ps(lanes[0], a0);
+        _mm256_store_ps(lanes[0] + 8, a1);
+        _mm256_store_ps(lanes[1], b0);
+        _mm256_store_ps(lanes[1] + 8, b1);
+        for (int j = 0; j < 2; j++) {
+            code_dot_tail<NBITS>(c + j * stride + off, q + i, centroids, d - i, lanes[j]);
+            out[v + j] = reduce_lanes16(lanes[j]);
         }
     }
-    return reduce_lanes(lanes);
+    for (; v < n; v++) {
+        out[v] = code_dot_avx2<NBITS, LK>(codes + v * stride, q, centroids, d);
+    }
 }
 
 } // namespace
+
+code_dot_many_fn get_code_dot_many_avx2(int nbits) {
+    switch (nbits) {
+        case 1: return code_dot_many_avx2<1, LookupSmall<1>>;
+        case 2: return code_dot_many_avx2<2, LookupSmall<2>>;
+        case 3: return code_dot_many_avx2<3, LookupSmall<3>>;
+        case 4: return code_dot_many_avx2<4, Lookup16>;
+        case 5: return code_dot_many_avx2<5, LookupGather>;
+        case 6: return code_dot_many_avx2<6, LookupGather>;
+        case 7: return code_dot_many_avx2<7, LookupGather>;
+        case 8: return code_dot_many_avx2<8, LookupGather>;
+    }
+    return nullptr;
+}
 
 code_dot_fn get_code_dot_avx2(int nbits) {
     switch (nbits) {
@@ -102,10 +130,10 @@ code_dot_fn get_code_dot_avx2(int nbits) {
         case 2: return code_dot_avx2<2, LookupSmall<2>>;
         case 3: return code_dot_avx2<3, LookupSmall<3>>;
         case 4: return code_dot_avx2<4, Lookup16>;
-        case 5: return code_dot_avx2<5, Lookup<5>>;
-        case 6: return code_dot_avx2<6, Lookup<6>>;
-        case 7: return code_dot_avx2<7, Lookup<7>>;
-        case 8: return code_dot_avx2<8, Lookup<8>>;
+        case 5: return code_dot_avx2<5, LookupGather>;
+        case 6: return code_dot_avx2<6, LookupGather>;
+        case 7: return code_dot_avx2<7, LookupGather>;
+        case 8: return code_dot_avx2<8, LookupGather>;
     }
     return nullptr;
 }

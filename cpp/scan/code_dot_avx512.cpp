@@ -1,0 +1,145 @@
+// AVX-512 code_dot: 16 lanes = one group of 16 codes per iteration. Compiled for that
+// target only and chosen at run time.
+#if defined(__x86_64__)
+
+#include "code_dot_simd.h"
+
+namespace faiss {
+namespace tq_kernels {
+
+namespace {
+
+#define TQ_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,bmi2")))
+
+// up to 16 centroids: one in-register permute
+template <int NBITS>
+struct Lookup16 {
+    __m512 table;
+    TQ_AVX512 explicit Lookup16(const float* c) : table(_mm512_loadu_ps(c)) {}
+    TQ_AVX512 __m512 operator()(__m512i idx) const {
+        return _mm512_permutexvar_ps(idx, table);
+    }
+};
+
+// 32 centroids: two-table permute
+struct Lookup32 {
+    __m512 lo, hi;
+    TQ_AVX512 explicit Lookup32(const float* c)
+            : lo(_mm512_loadu_ps(c)), hi(_mm512_loadu_ps(c + 16)) {}
+    TQ_AVX512 __m512 operator()(__m512i idx) const {
+        return _mm512_permutex2var_ps(lo, idx, hi);
+    }
+};
+
+struct LookupGather {
+    const float* c;
+    TQ_AVX512 explicit LookupGather(const float* c) : c(c) {}
+    TQ_AVX512 __m512 operator()(__m512i idx) const {
+        return _mm512_i32gather_ps(idx, c, 4);
+    }
+};
+
+template <int NBITS, class LK>
+TQ_AVX512 float code_dot_avx512(
+        const uint8_t* code,
+        const float* q,
+        const float* centroids,
+        size_t d) {
+    const LK lookup(centroids);
+    __m512 acc = _mm512_setzero_ps();
+    size_t i = 0;
+    for (; i + 16 <= d; i += 16, code += 2 * NBITS) {
+        __m512i idx = _mm512_cvtepu8_epi32(codes16_to_bytes<NBITS>(code));
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), lookup(idx), acc);
+    }
+    alignas(64) float lanes[16];
+    _mm512_store_ps(lanes, acc);
+    code_dot_tail<NBITS>(code, q + i, centroids, d - i, lanes);
+    return reduce_lanes16(lanes);
+}
+
+/// code_dot of n codes (stride bytes apart): four independent FMA chains at a time
+/// hide the FMA latency that bounds a single chain; each code keeps the canonical order
+template <int NBITS, class LK>
+TQ_AVX512 void code_dot_many_avx512(
+        const uint8_t* codes,
+        size_t stride,
+        size_t n,
+        const float* q,
+        const float* centroids,
+        size_t d,
+        float* out) {
+    const LK lookup(centroids);
+    size_t v = 0;
+    for (; v + 4 <= n; v += 4) {
+        const uint8_t* c = codes + v * stride;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        size_t i = 0, off = 0;
+        for (; i + 16 <= d; i += 16, off += 2 * NBITS) {
+            __m512 qv = _mm512_loadu_ps(q + i);
+            a0 = _mm512_fmadd_ps(
+                    qv, lookup(_mm512_cvtepu8_epi32(codes16_to_bytes<NBITS>(c + off))), a0);
+            a1 = _mm512_fmadd_ps(
+                    qv,
+                    lookup(_mm512_cvtepu8_epi32(codes16_to_bytes<NBITS>(c + stride + off))),
+                    a1);
+            a2 = _mm512_fmadd_ps(
+                    qv,
+                    lookup(_mm512_cvtepu8_epi32(
+                            codes16_to_bytes<NBITS>(c + 2 * stride + off))),
+                    a2);
+            a3 = _mm512_fmadd_ps(
+                    qv,
+                    lookup(_mm512_cvtepu8_epi32(
+                            codes16_to_bytes<NBITS>(c + 3 * stride + off))),
+                    a3);
+        }
+        alignas(64) float lanes[4][16];
+        _mm512_store_ps(lanes[0], a0);
+        _mm512_store_ps(lanes[1], a1);
+        _mm512_store_ps(lanes[2], a2);
+        _mm512_store_ps(lanes[3], a3);
+        for (int j = 0; j < 4; j++) {
+            code_dot_tail<NBITS>(c + j * stride + off, q + i, centroids, d - i, lanes[j]);
+            out[v + j] = reduce_lanes16(lanes[j]);
+        }
+    }
+    for (; v < n; v++) {
+        out[v] = code_dot_avx512<NBITS, LK>(codes + v * stride, q, centroids, d);
+    }
+}
+
+} // namespace
+
+code_dot_many_fn get_code_dot_many_avx512(int nbits) {
+    switch (nbits) {
+        case 1: return code_dot_many_avx512<1, Lookup16<1>>;
+        case 2: return code_dot_many_avx512<2, Lookup16<2>>;
+        case 3: return code_dot_many_avx512<3, Lookup16<3>>;
+        case 4: return code_dot_many_avx512<4, Lookup16<4>>;
+        case 5: return code_dot_many_avx512<5, Lookup32>;
+        case 6: return code_dot_many_avx512<6, LookupGather>;
+        case 7: return code_dot_many_avx512<7, LookupGather>;
+        case 8: return code_dot_many_avx512<8, LookupGather>;
+    }
+    return nullptr;
+}
+
+code_dot_fn get_code_dot_avx512(int nbits) {
+    switch (nbits) {
+        case 1: return code_dot_avx512<1, Lookup16<1>>;
+        case 2: return code_dot_avx512<2, Lookup16<2>>;
+        case 3: return code_dot_avx512<3, Lookup16<3>>;
+        case 4: return code_dot_avx512<4, Lookup16<4>>;
+        case 5: return code_dot_avx512<5, Lookup32>;
+        case 6: return code_dot_avx512<6, LookupGather>;
+        case 7: return code_dot_avx512<7, LookupGather>;
+        case 8: return code_dot_avx512<8, LookupGather>;
+    }
+    return nullptr;
+}
+
+} // namespace tq_kernels
+} // namespace faiss
+
+#endif
