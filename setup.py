@@ -23,6 +23,7 @@ SOURCES = [
     "cpp/scan/code_dot.cpp",
     "cpp/scan/code_dot_avx2.cpp",
     "cpp/scan/code_dot_avx512.cpp",
+    "cpp/scan/fast_scan_i8.cpp",
     "cpp/IndexTurboQuant.cpp",
     "cpp/IndexIVFTurboQuant.cpp",
     "cpp/turboquant_factory.cpp",

@@ -6,6 +6,7 @@
 #include <faiss/impl/FaissAssert.h>
 
 #include "blas.h"
+#include "scan/fast_scan_i8.h"
 #include <faiss/impl/IDSelector.h>
 #include <faiss/utils/Heap.h>
 
@@ -75,6 +76,54 @@ void search_one(
                     heap_replace_top<C>(k, dis, ids, buf[j], i0 + j);
                 }
             }
+        }
+    }
+    heap_reorder<C>(k, dis, ids);
+}
+
+bool fast_scan_eligible(const IndexTurboQuant& index, const IDSelector* sel) {
+    return index.use_fast_scan && !sel && index.tq.nbits == 4 && index.tq.qjl_m == 0 &&
+            tq_kernels::fast_scan_i8_available();
+}
+
+/// 4-bit fast path: integer candidates, exact float re-scoring (see use_fast_scan)
+template <class C>
+void search_one_fast(
+        const IndexTurboQuant& index,
+        const TurboQuantizer::Query& query,
+        idx_t k,
+        float* dis,
+        idx_t* ids) {
+    const bool l2 = index.metric_type == METRIC_L2;
+    const TurboQuantizer& tq = index.tq;
+    tq_kernels::QueryI8 q8;
+    tq_kernels::prepare_query_i8(query.qrot.data(), tq.centroid_table.data(), index.d, q8);
+    const idx_t k2 = std::max(2 * k, k + 16);
+    std::vector<float> cdis(k2);
+    std::vector<idx_t> cids(k2);
+    heap_heapify<C>(k2, cdis.data(), cids.data());
+    const uint8_t* codes = index.codes.data();
+    const size_t bs = 256;
+    float buf[bs];
+    for (idx_t i0 = 0; i0 < index.ntotal; i0 += bs) {
+        size_t nb = std::min<size_t>(bs, index.ntotal - i0);
+        const uint8_t* block = codes + i0 * index.code_size;
+        tq_kernels::code_dot_many_i8(block, index.code_size, nb, q8, index.d, buf);
+        tq.finish_distances(query, block, nb, l2, buf);
+        for (size_t j = 0; j < nb; j++) {
+            if (C::cmp(cdis[0], buf[j])) {
+                heap_replace_top<C>(k2, cdis.data(), cids.data(), buf[j], i0 + j);
+            }
+        }
+    }
+    heap_heapify<C>(k, dis, ids);
+    for (idx_t j = 0; j < k2; j++) {
+        if (cids[j] < 0) {
+            continue;
+        }
+        float v = tq.estimate_distance(query, codes + cids[j] * index.code_size, l2);
+        if (C::cmp(dis[0], v)) {
+            heap_replace_top<C>(k, dis, ids, v, cids[j]);
         }
     }
     heap_reorder<C>(k, dis, ids);
@@ -224,6 +273,21 @@ void IndexTurboQuant::search(
     FAISS_THROW_IF_NOT_MSG(k > 0, "TurboQuant: k must be > 0");
     tq.check_finite(n, x, "query");
     const IDSelector* sel = params ? params->sel : nullptr;
+    if (fast_scan_eligible(*this, sel)) {
+#pragma omp parallel for if (n > 1)
+        for (idx_t q = 0; q < n; q++) {
+            TurboQuantizer::Query query;
+            tq.prepare_query(x + q * d, query);
+            if (metric_type == METRIC_L2) {
+                search_one_fast<CMax<float, idx_t>>(
+                        *this, query, k, distances + q * k, labels + q * k);
+            } else {
+                search_one_fast<CMin<float, idx_t>>(
+                        *this, query, k, distances + q * k, labels + q * k);
+            }
+        }
+        return;
+    }
     if (n >= batch_search_threshold) {
         if (metric_type == METRIC_L2) {
             search_batch_blas<CMax<float, idx_t>>(*this, n, x, k, distances, labels, sel);

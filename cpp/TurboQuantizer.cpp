@@ -326,14 +326,23 @@ void TurboQuantizer::estimate_distances(
         float* out) const {
     query.code_dot_many(
             codes, code_size, n, query.qrot.data(), centroid_table.data(), d, out);
+    finish_distances(query, codes, n, l2, out);
+}
+
+void TurboQuantizer::finish_distances(
+        const Query& query,
+        const uint8_t* codes,
+        size_t n,
+        bool l2,
+        float* dots) const {
     for (size_t v = 0; v < n; v++) {
         const uint8_t* code = codes + v * code_size;
-        float ip = combine_ip(query, code, out[v]);
+        float ip = combine_ip(query, code, dots[v]);
         if (l2) {
             float norm = code_norm(code);
             ip = query.qnorm2 + norm * norm - 2 * ip;
         }
-        out[v] = ip;
+        dots[v] = ip;
     }
 }
 

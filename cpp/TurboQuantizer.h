@@ -105,6 +105,13 @@ struct TurboQuantizer {
             size_t n,
             bool l2,
             float* out) const;
+    /// turn n code_dot values (in `dots`, overwritten) into distances
+    void finish_distances(
+            const Query& query,
+            const uint8_t* codes,
+            size_t n,
+            bool l2,
+            float* dots) const;
 
     float code_norm(const uint8_t* code) const;
 
