@@ -1,0 +1,83 @@
+"""The scan kernels: every SIMD implementation returns the same bits, the 4-bit integer fast
+path returns the float path's results, the BLAS batch path the per-query estimates."""
+import os
+
+import faiss
+import numpy as np
+import pytest
+
+import faiss_turboquant as ft
+from faiss_turboquant import swigturboquant as sw
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "data", "glosses-minilm-10k.npz")
+
+
+@pytest.fixture(scope="module")
+def real():
+    z = np.load(DATA)
+    return z["xb"].astype("float32")[:4000], z["xq"].astype("float32")[:100]
+
+
+@pytest.fixture(autouse=True)
+def restore_simd():
+    yield
+    sw.tq_set_simd_level(-1)
+
+
+@pytest.mark.parametrize("d", [384, 100, 37, 16, 5])
+@pytest.mark.parametrize("nbits", range(1, 9))
+def test_simd_levels_bit_identical(d, nbits):
+    rng = np.random.default_rng(d * 10 + nbits)
+    xb = rng.standard_normal((301, d)).astype("float32")
+    xq = rng.standard_normal((7, d)).astype("float32")
+    idx = ft.IndexTurboQuant(d, nbits, 0, faiss.METRIC_L2)
+    idx.use_fast_scan = False
+    idx.add(xb)
+    results = []
+    levels = []
+    for level in (0, 1, 2):
+        levels.append(sw.tq_set_simd_level(level))
+        # single queries take the per-query kernel (a batch would take BLAS)
+        results.append(np.vstack([idx.search(q[None], 10)[0] for q in xq]))
+    assert levels[0] == 0
+    for lvl, r in zip(levels[1:], results[1:]):
+        np.testing.assert_array_equal(results[0], r, err_msg="SIMD level %d differs" % lvl)
+
+
+@pytest.mark.parametrize("metric", [faiss.METRIC_INNER_PRODUCT, faiss.METRIC_L2])
+def test_fast_scan_matches_float_path(real, metric):
+    xb, xq = real
+    idx = ft.IndexTurboQuant(xb.shape[1], 4, 0, metric)
+    idx.add(xb)
+    idx.use_fast_scan = True
+    D1, I1 = idx.search(xq, 10)
+    idx.use_fast_scan = False
+    idx.batch_search_threshold = 10 ** 9  # per-query float kernel
+    D2, I2 = idx.search(xq, 10)
+    same = (I1 == I2).all(axis=1)
+    # candidates come from 8-bit arithmetic, so a borderline 10th neighbour may differ
+    assert same.mean() >= 0.97
+    np.testing.assert_array_equal(D1[same], D2[same])  # re-scored with the float kernel
+
+
+def test_selector_respected_on_4_bits(real):
+    xb, xq = real
+    idx = ft.IndexTurboQuant(xb.shape[1], 4, 0, faiss.METRIC_INNER_PRODUCT)
+    idx.add(xb)
+    sel = faiss.IDSelectorRange(100, 200)
+    D, I = idx.search(xq[:5], 10, params=faiss.SearchParameters(sel=sel))
+    assert ((I >= 100) & (I < 200)).all()
+
+
+@pytest.mark.parametrize("qjl", [0, 64])
+def test_blas_batch_matches_per_query(real, qjl):
+    xb, xq = real
+    idx = ft.IndexTurboQuant(xb.shape[1], 3, qjl, faiss.METRIC_INNER_PRODUCT)
+    idx.add(xb)
+    idx.batch_search_threshold = 1
+    D1, I1 = idx.search(xq, 10)
+    idx.batch_search_threshold = 10 ** 9
+    D2, I2 = idx.search(xq, 10)
+    same = (I1 == I2).all(axis=1)
+    assert same.mean() >= 0.97
+    np.testing.assert_allclose(D1[same], D2[same], rtol=1e-5, atol=1e-6)
