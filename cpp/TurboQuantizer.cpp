@@ -5,6 +5,10 @@
 #include <cstring>
 #include <memory>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include <faiss/impl/FaissAssert.h>
 
 #include "scan/code_dot.h"
@@ -95,13 +99,45 @@ void TurboQuantizer::check_finite(size_t n, const float* x, const char* what) co
 
 namespace {
 
-/// the Lloyd-Max cell of u: #{j : boundary_j < u}, by a branchless descent
-inline int quantize(float u, const float* bnd, int K) {
-    int c = 0;
-    for (int s = K / 2; s >= 1; s /= 2) {
-        c += bnd[c + s - 1] < u ? s : 0;
+/// the Lloyd-Max cells of 8 values: #{j : boundary_j < u}, by a branchless descent
+void quantize8_scalar(const float* u, const float* bnd, int K, int32_t* c) {
+    for (int l = 0; l < 8; l++) {
+        int cl = 0;
+        for (int s = K / 2; s >= 1; s /= 2) {
+            cl += bnd[cl + s - 1] < u[l] ? s : 0;
+        }
+        c[l] = cl;
     }
-    return c;
+}
+
+#if defined(__x86_64__)
+// up to 16 cells: count the boundaries below u on 8 lanes (no gathers, no dependent
+// loads); the count equals the descent's result
+__attribute__((target("avx2"))) void quantize8_count_avx2(
+        const float* u,
+        const float* bnd,
+        int K,
+        int32_t* c) {
+    const __m256 uv = _mm256_loadu_ps(u);
+    __m256i cv = _mm256_setzero_si256();
+    for (int j = 0; j + 1 < K; j++) {
+        __m256i lt = _mm256_castps_si256(
+                _mm256_cmp_ps(_mm256_set1_ps(bnd[j]), uv, _CMP_LT_OQ));
+        cv = _mm256_sub_epi32(cv, lt); // lt is -1 where bnd[j] < u
+    }
+    _mm256_storeu_si256((__m256i*)c, cv);
+}
+#endif
+
+typedef void (*quantize8_fn)(const float*, const float*, int, int32_t*);
+
+quantize8_fn get_quantize8(int K) {
+#if defined(__x86_64__)
+    if (K <= 16 && tq_kernels::simd_level() >= 1) {
+        return quantize8_count_avx2;
+    }
+#endif
+    return quantize8_scalar;
 }
 
 } // namespace
@@ -118,6 +154,7 @@ void TurboQuantizer::encode(size_t n, const float* x, uint8_t* codes) const {
     const double sqrt_d = std::sqrt(double(d));
     const bool dense = rotation.kind == TQRotation::DENSE;
     const int64_t nblocks = (n + 7) / 8;
+    const quantize8_fn quantize8 = get_quantize8(K);
 
 #pragma omp parallel if (n > 64)
     {
@@ -165,12 +202,16 @@ void TurboQuantizer::encode(size_t n, const float* x, uint8_t* codes) const {
             }
             double uc[8] = {0, 0, 0, 0, 0, 0, 0, 0}, cc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             for (size_t i = 0; i < d; i++) {
+                float u[8];
+                int32_t c[8];
                 for (int l = 0; l < 8; l++) {
-                    float u = Y[i * 8 + l] * inv[l];
-                    int c = quantize(u, bnd, K);
-                    C[l * d + i] = uint8_t(c);
-                    uc[l] += double(u) * double(cen[c]);
-                    cc[l] += double(cen[c]) * double(cen[c]);
+                    u[l] = Y[i * 8 + l] * inv[l];
+                }
+                quantize8(u, bnd, K, c);
+                for (int l = 0; l < 8; l++) {
+                    C[l * d + i] = uint8_t(c[l]);
+                    uc[l] += double(u[l]) * double(cen[c[l]]);
+                    cc[l] += double(cen[c[l]]) * double(cen[c[l]]);
                 }
             }
             float ipf_f[8];
