@@ -23,11 +23,39 @@ def check_faiss_version():
         )
 
 
+# methods whose first argument is a batch of d-dimensional vectors
+_VECTOR_METHODS = ("add", "add_with_ids", "search", "range_search", "train", "assign",
+                   "sa_encode", "search_and_reconstruct", "compute_residual")
+
+
+def _checked(method, name):
+    """FAISS's numpy wrappers check shapes with `assert`, which `python -O` removes (C++
+    would then read past the buffer): check explicitly and raise ValueError."""
+    import functools
+
+    import numpy as np
+
+    @functools.wraps(method)
+    def wrapper(self, x, *args, **kwargs):
+        if not isinstance(x, np.ndarray):
+            x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.d:
+            raise ValueError(
+                "%s.%s: expected a 2-D array of shape (n, %d), got shape %s"
+                % (type(self).__name__, name, self.d, x.shape))
+        return method(self, x, *args, **kwargs)
+
+    return wrapper
+
+
 def register():
     from faiss import class_wrappers
 
     for cls in (_swig.IndexTurboQuant, _swig.IndexIVFTurboQuant):
         class_wrappers.handle_Index(cls)
+        for name in _VECTOR_METHODS:
+            if hasattr(cls, name):
+                setattr(cls, name, _checked(getattr(cls, name), name))
     # the IVF index keeps a pointer to its coarse quantizer: keep the Python object alive
     faiss.add_ref_in_constructor(_swig.IndexIVFTurboQuant, 0)
 

@@ -81,3 +81,29 @@ def test_blas_batch_matches_per_query(real, qjl):
     same = (I1 == I2).all(axis=1)
     assert same.mean() >= 0.97
     np.testing.assert_allclose(D1[same], D2[same], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", ["flat", "ivf"])
+def test_shape_checked_even_under_python_O(cls):
+    """Our classes validate shapes with exceptions, not asserts (python -O keeps them)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import faiss, numpy as np, faiss_turboquant as ft\n"
+        "i = ft.IndexTurboQuant(8, 4, 0, faiss.METRIC_L2) if %r == 'flat' else "
+        "ft.IndexIVFTurboQuant(faiss.IndexFlatL2(8), 8, 2, 4)\n"
+        "x = np.random.rand(50, 8).astype('float32'); i.train(x); i.add(x)\n"
+        "for m in ('search', 'add', 'range_search'):\n"
+        "    args = {'search': (1,), 'add': (), 'range_search': (0.5,)}[m]\n"
+        "    try:\n"
+        "        getattr(i, m)(np.zeros((1000, 2), 'float32'), *args)\n"
+        "        print('NOERROR', m)\n"
+        "    except ValueError:\n"
+        "        print('ok', m)\n" % cls
+    )
+    root = os.path.join(os.path.dirname(__file__), "..")
+    out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True,
+                         cwd=root, env=dict(os.environ, PYTHONPATH=root), timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["ok", "search", "ok", "add", "ok", "range_search"]
