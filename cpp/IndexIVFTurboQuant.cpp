@@ -1,6 +1,7 @@
 #include "IndexIVFTurboQuant.h"
 
 #include <memory>
+#include <mutex>
 
 #include <faiss/impl/AuxIndexStructures.h>
 #include <faiss/impl/FaissAssert.h>
@@ -49,10 +50,45 @@ void IndexIVFTurboQuant::reinit() {
         // the inverted lists are empty: give them the new code size
         replace_invlists(new ArrayInvertedLists(nlist, code_size), true);
     }
+    update_rotated_centroids(); // the rotation may have changed
 }
 
 void IndexIVFTurboQuant::TQ_IVF_TRAIN_ENCODER(idx_t, const float*) {
     // data-oblivious codec: nothing to train beyond the coarse quantizer
+}
+
+void IndexIVFTurboQuant::train(idx_t n, const float* x) {
+    IndexIVF::train(n, x);
+    update_rotated_centroids();
+}
+
+void IndexIVFTurboQuant::update_rotated_centroids() {
+    std::vector<float> rc, qc;
+    if (quantizer && quantizer->ntotal == idx_t(nlist) && tq.code_size > 0) {
+        std::vector<float> cent(nlist * d);
+        quantizer->reconstruct_n(0, nlist, cent.data());
+        rc.resize(nlist * d);
+        tq.rotation.apply(nlist, cent.data(), rc.data());
+        if (tq.qjl_m > 0) {
+            qc.resize(nlist * tq.qjl_m);
+            TurboQuantizer::Query qs;
+            for (size_t l = 0; l < nlist; l++) {
+                tq.prepare_query(cent.data() + l * d, qs);
+                std::copy(qs.qjl_proj.begin(), qs.qjl_proj.end(), qc.begin() + l * tq.qjl_m);
+            }
+        }
+    }
+    rotated_centroids.swap(rc);
+    qjl_centroids.swap(qc);
+}
+
+void IndexIVFTurboQuant::ensure_rotated_centroids() const {
+    static std::mutex mutex;
+    std::lock_guard<std::mutex> lock(mutex);
+    if (rotated_centroids.size() != nlist * d ||
+        qjl_centroids.size() != (tq.qjl_m > 0 ? nlist * tq.qjl_m : 0)) {
+        const_cast<IndexIVFTurboQuant*>(this)->update_rotated_centroids();
+    }
 }
 
 void IndexIVFTurboQuant::encode_vectors(
@@ -148,7 +184,7 @@ struct IVFTurboQuantScanner : InvertedListScanner {
     const IndexIVFTurboQuant& ivf;
     const bool l2;
     TurboQuantizer::Query query;
-    std::vector<float> q, centroid, qres;
+    std::vector<float> q, centroid;
     float offset = 0; ///< IP with residuals: <q, centroid of the list>
 
     IVFTurboQuantScanner(
@@ -158,19 +194,19 @@ struct IVFTurboQuantScanner : InvertedListScanner {
             : ivf(ivf),
               l2(ivf.metric_type == METRIC_L2),
               q(ivf.d),
-              centroid(ivf.d),
-              qres(ivf.d) {
+              centroid(ivf.d) {
         this->store_pairs = store_pairs;
         this->sel = sel;
         this->keep_max = !l2;
         this->code_size = ivf.code_size;
     }
 
+    TurboQuantizer::Query base; ///< the query itself, rotated once per query
+
     void set_query(const float* x) override {
         std::copy(x, x + ivf.d, q.begin());
-        if (!(ivf.by_residual && l2)) {
-            ivf.tq.prepare_query(x, query); // rotated once per query
-        }
+        ivf.tq.prepare_query(x, base);
+        query = base;
     }
 
     void set_list(idx_t list_no, float /*coarse_dis*/) override {
@@ -179,14 +215,27 @@ struct IVFTurboQuantScanner : InvertedListScanner {
         if (!ivf.by_residual) {
             return;
         }
-        ivf.quantizer->reconstruct(list_no, centroid.data());
         if (l2) {
-            // ||q - c - r||^2 needs the residual query q - c in the rotated space
-            for (size_t j = 0; j < q.size(); j++) {
-                qres[j] = q[j] - centroid[j];
+            // ||q - c - r||^2 needs the residual query Pi (q - c) = Pi q - Pi c
+            const size_t d = ivf.d, m = ivf.tq.qjl_m;
+            const float* rc = ivf.rotated_centroids.data() + list_no * d;
+            double n2 = 0;
+            for (size_t j = 0; j < d; j++) {
+                query.qrot[j] = base.qrot[j] - rc[j];
+                n2 += double(query.qrot[j]) * query.qrot[j];
             }
-            ivf.tq.prepare_query(qres.data(), query);
+            query.qnorm2 = float(n2); // rotations preserve norms
+            if (m > 0) {
+                const float* qc = ivf.qjl_centroids.data() + list_no * m;
+                float sum = 0;
+                for (size_t k = 0; k < m; k++) {
+                    query.qjl_proj[k] = base.qjl_proj[k] - qc[k];
+                    sum += query.qjl_proj[k];
+                }
+                query.qjl_proj_sum = sum;
+            }
         } else {
+            ivf.quantizer->reconstruct(list_no, centroid.data());
             offset = fvec_inner_product(q.data(), centroid.data(), ivf.d);
         }
     }
@@ -274,6 +323,9 @@ struct IVFTurboQuantScanner : InvertedListScanner {
 InvertedListScanner* IndexIVFTurboQuant::get_InvertedListScanner(
         bool store_pairs,
         const IDSelector* sel TQ_SCANNER_PARAMS_PARAM) const {
+    if (by_residual && metric_type == METRIC_L2) {
+        ensure_rotated_centroids();
+    }
     return new IVFTurboQuantScanner(*this, store_pairs, sel);
 }
 

@@ -19,6 +19,12 @@ struct IndexIVFTurboQuant : IndexIVF {
     bool by_residual = true; ///< encode x - centroid instead of x
 #endif
 
+    /** Pi c (and the QJL projections Psi Pi c) of every coarse centroid: with L2 and
+     * residuals the scanner needs the rotated residual query Pi (q - c) per visited list,
+     * which is Pi q - Pi c, one subtraction instead of a rotation. Built after training
+     * (and on first use for indexes whose quantizer was trained elsewhere). */
+    std::vector<float> rotated_centroids, qjl_centroids;
+
     IndexIVFTurboQuant();
     IndexIVFTurboQuant(
             Index* quantizer,
@@ -33,6 +39,13 @@ struct IndexIVFTurboQuant : IndexIVF {
     void reinit();
 
     void TQ_IVF_TRAIN_ENCODER(idx_t n, const float* x) override;
+
+    void train(idx_t n, const float* x) override;
+
+    /// (re)compute rotated_centroids / qjl_centroids from the coarse quantizer
+    void update_rotated_centroids();
+    /// make sure the rotated centroids match the quantizer (thread-safe)
+    void ensure_rotated_centroids() const;
 
     void encode_vectors(
             idx_t n,
