@@ -255,6 +255,11 @@ void IndexTurboQuant::train(idx_t, const float*) {
     is_trained = true;
 }
 
+void IndexTurboQuant::add(idx_t n, const float* x) {
+    tq.check_finite(n, x, "input");
+    IndexFlatCodes::add(n, x);
+}
+
 void IndexTurboQuant::sa_encode(idx_t n, const float* x, uint8_t* bytes) const {
     tq.encode(n, x, bytes);
 }

@@ -35,6 +35,9 @@ struct IndexTurboQuant : IndexFlatCodes {
 
     void train(idx_t n, const float* x) override;
 
+    /// validates the input before the code buffer grows, so a rejected add changes nothing
+    void add(idx_t n, const float* x) override;
+
     void search(
             idx_t n,
             const float* x,
