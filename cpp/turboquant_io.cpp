@@ -277,8 +277,9 @@ Index* read_ivf(IOReader* f, int io_flags, int depth) {
     uint64_t nprobe = get<uint64_t>(f);
     FAISS_THROW_IF_NOT_MSG(
             nlist >= 1 && nlist <= kMaxNlist, "TurboQuant: corrupt file: nlist");
+    // FAISS allows nprobe > nlist (search clamps it)
     FAISS_THROW_IF_NOT_MSG(
-            nprobe >= 1 && nprobe <= nlist, "TurboQuant: corrupt file: nprobe");
+            nprobe >= 1 && nprobe <= (uint64_t(1) << 40), "TurboQuant: corrupt file: nprobe");
     std::unique_ptr<Index> quantizer(read_any(f, io_flags, depth + 1));
     FAISS_THROW_IF_NOT_MSG(
             quantizer->d == h.d, "TurboQuant: corrupt file: quantizer dimension");
