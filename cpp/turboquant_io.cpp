@@ -186,6 +186,11 @@ void apply_header(Index* idx, const Header& h) {
     idx->metric_arg = h.metric_arg;
 }
 
+/// Memory the codecs of one file may derive (rotation tables are computed, not read, so
+/// a few bytes of parameters could otherwise ask for a lot). Reset per tq_read_index call.
+thread_local size_t codec_budget = 0;
+const size_t kCodecBudget = size_t(256) << 20;
+
 void get_codec(IOReader* f, TurboQuantizer& tq, int32_t d) {
     uint64_t cd = get<uint64_t>(f);
     FAISS_THROW_IF_NOT_MSG(cd == uint64_t(d), "TurboQuant: corrupt file: codec dimension");
@@ -201,6 +206,16 @@ void get_codec(IOReader* f, TurboQuantizer& tq, int32_t d) {
     FAISS_THROW_IF_NOT_MSG(
             tq.rotation_kind != TQRotation::DENSE || tq.d <= 1024,
             "TurboQuant: corrupt file: dense rotation dimension");
+    FAISS_THROW_IF_NOT_MSG(
+            tq.rotation_rounds >= 1 && tq.rotation_rounds <= 16,
+            "TurboQuant: corrupt file: rotation rounds");
+    size_t nrot = 1 + (tq.qjl_m + tq.d - 1) / tq.d;
+    size_t need = nrot * size_t(tq.rotation_rounds) * tq.d * 8 +
+            (tq.rotation_kind == TQRotation::DENSE ? tq.d * tq.d * 4 : 0);
+    FAISS_THROW_IF_NOT_MSG(
+            need <= codec_budget,
+            "TurboQuant: corrupt file: codec parameters exceed the reader's memory budget");
+    codec_budget -= need;
     tq.init(); // validates the remaining parameters
 }
 
@@ -350,12 +365,50 @@ Index* read_ivf(IOReader* f, int io_flags, int depth) {
     return idx.release();
 }
 
+/// a wrapped index must use the wrapper's metric and training state
+void check_sub_index(const Index* sub, const Header& h, const char* what) {
+    FAISS_THROW_IF_NOT_FMT(
+            sub->metric_type == MetricType(h.metric) &&
+                    (sub->metric_type == METRIC_L2 ||
+                     sub->metric_type == METRIC_INNER_PRODUCT),
+            "TurboQuant: corrupt file: %s sub-index metric",
+            what);
+    FAISS_THROW_IF_NOT_FMT(
+            sub->is_trained == h.is_trained,
+            "TurboQuant: corrupt file: %s sub-index training state",
+            what);
+}
+
+/// IDMap translates the labels of its sub-index as positions 0..ntotal-1: an IVF
+/// sub-index returns its stored ids instead, so those must be positions too
+void check_labels_are_positions(const Index* sub) {
+    while (auto* p = dynamic_cast<const IndexPreTransform*>(sub)) {
+        sub = p->index;
+    }
+    auto* ivf = dynamic_cast<const IndexIVF*>(sub);
+    if (!ivf) {
+        return;
+    }
+    for (size_t l = 0; l < ivf->nlist; l++) {
+        size_t n = ivf->invlists->list_size(l);
+        InvertedLists::ScopedIds ids(ivf->invlists, l);
+        for (size_t j = 0; j < n; j++) {
+            FAISS_THROW_IF_NOT_MSG(
+                    ids[j] >= 0 && ids[j] < sub->ntotal,
+                    "TurboQuant: corrupt file: IDMap over an IVF index with ids that are "
+                    "not positions");
+        }
+    }
+}
+
 Index* read_idmap(IOReader* f, int io_flags, int depth, bool two) {
     Header h = get_header(f, false);
     std::unique_ptr<Index> sub(read_any(f, io_flags, depth + 1));
     FAISS_THROW_IF_NOT_MSG(
             sub->d == h.d && sub->ntotal == h.ntotal,
             "TurboQuant: corrupt file: IDMap does not match its index");
+    check_sub_index(sub.get(), h, "IDMap");
+    check_labels_are_positions(sub.get());
     std::unique_ptr<IndexIDMap> idx(two ? new IndexIDMap2() : new IndexIDMap());
     apply_header(idx.get(), h);
     get_ids(f, idx->id_map, uint64_t(h.ntotal));
@@ -385,6 +438,7 @@ Index* read_pretransform(IOReader* f, int io_flags, int depth) {
     FAISS_THROW_IF_NOT_MSG(
             sub->d == expected_d && sub->ntotal == h.ntotal,
             "TurboQuant: corrupt file: PreTransform does not match its index");
+    check_sub_index(sub.get(), h, "PreTransform");
     std::unique_ptr<IndexPreTransform> idx(new IndexPreTransform());
     apply_header(idx.get(), h);
     for (auto& vt : chain) {
@@ -408,6 +462,8 @@ Index* read_refine(IOReader* f, int io_flags, int depth) {
             base->d == h.d && refine->d == h.d && base->ntotal == h.ntotal &&
                     refine->ntotal == h.ntotal,
             "TurboQuant: corrupt file: Refine does not match its indexes");
+    check_sub_index(base.get(), h, "Refine base");
+    check_sub_index(refine.get(), h, "Refine");
     std::unique_ptr<IndexRefine> idx;
     if (flat) {
         FAISS_THROW_IF_NOT_MSG(
@@ -426,8 +482,72 @@ Index* read_refine(IOReader* f, int io_flags, int depth) {
     return idx.release();
 }
 
+void check_labels_are_positions(const Index* sub);
+
+/* FAISS 1.7.3's reader accepts some inconsistent files that then crash on search (an
+ * IDMap whose id_map is shorter than ntotal, a flat index whose ntotal * code_size
+ * overflows, an IVF whose quantizer holds more centroids than nlist). Whatever FAISS
+ * hands back is checked here for the invariants its search relies on. */
+void validate_faiss_tree(const Index* idx, int depth) {
+    FAISS_THROW_IF_NOT_MSG(depth < 16, "corrupt file: nesting too deep");
+    FAISS_THROW_IF_NOT_MSG(
+            idx->ntotal >= 0 && idx->ntotal <= kMaxNtotal && idx->d >= 0,
+            "corrupt file: index size");
+    if (auto* fc = dynamic_cast<const IndexFlatCodes*>(idx)) {
+        FAISS_THROW_IF_NOT_MSG(
+                fc->code_size > 0 && fc->code_size < (size_t(1) << 30) &&
+                        fc->codes.size() / fc->code_size == size_t(fc->ntotal) &&
+                        fc->codes.size() % fc->code_size == 0,
+                "corrupt file: flat index codes do not match ntotal");
+    }
+    if (auto* m = dynamic_cast<const IndexIDMap*>(idx)) {
+        FAISS_THROW_IF_NOT_MSG(m->index, "corrupt file: IDMap without index");
+        FAISS_THROW_IF_NOT_MSG(
+                m->id_map.size() == size_t(idx->ntotal) && m->index->ntotal == idx->ntotal,
+                "corrupt file: IDMap id_map does not match ntotal");
+        validate_faiss_tree(m->index, depth + 1);
+        check_labels_are_positions(m->index);
+    }
+    if (auto* p = dynamic_cast<const IndexPreTransform*>(idx)) {
+        FAISS_THROW_IF_NOT_MSG(p->index, "corrupt file: PreTransform without index");
+        int dd = idx->d;
+        for (const VectorTransform* vt : p->chain) {
+            FAISS_THROW_IF_NOT_MSG(vt->d_in == dd, "corrupt file: transform dimensions");
+            dd = vt->d_out;
+        }
+        FAISS_THROW_IF_NOT_MSG(
+                p->index->d == dd && p->index->ntotal == idx->ntotal,
+                "corrupt file: PreTransform does not match its index");
+        validate_faiss_tree(p->index, depth + 1);
+    }
+    if (auto* r = dynamic_cast<const IndexRefine*>(idx)) {
+        FAISS_THROW_IF_NOT_MSG(
+                r->base_index && r->refine_index &&
+                        r->base_index->ntotal == idx->ntotal &&
+                        r->refine_index->ntotal == idx->ntotal,
+                "corrupt file: Refine does not match its indexes");
+        validate_faiss_tree(r->base_index, depth + 1);
+        validate_faiss_tree(r->refine_index, depth + 1);
+    }
+    if (auto* ivf = dynamic_cast<const IndexIVF*>(idx)) {
+        FAISS_THROW_IF_NOT_MSG(
+                ivf->quantizer && ivf->invlists && ivf->invlists->nlist == ivf->nlist,
+                "corrupt file: IVF structure");
+        validate_faiss_tree(ivf->quantizer, depth + 1);
+        FAISS_THROW_IF_NOT_MSG(
+                !ivf->is_trained || ivf->quantizer->ntotal == idx_t(ivf->nlist),
+                "corrupt file: IVF quantizer size differs from nlist");
+        size_t total = 0;
+        for (size_t l = 0; l < ivf->nlist; l++) {
+            total += ivf->invlists->list_size(l);
+        }
+        FAISS_THROW_IF_NOT_MSG(
+                total == size_t(idx->ntotal), "corrupt file: IVF list sizes differ from ntotal");
+    }
+}
+
 Index* read_any(IOReader* f, int io_flags, int depth) {
-    FAISS_THROW_IF_NOT_MSG(depth < 16, "TurboQuant: corrupt file: nesting too deep");
+    FAISS_THROW_IF_NOT_MSG(depth < 8, "TurboQuant: corrupt file: nesting too deep");
     uint32_t tag = get<uint32_t>(f);
     if (tag == fcc(kFlat)) return read_flat(f);
     if (tag == fcc(kIVF)) return read_ivf(f, io_flags, depth);
@@ -436,7 +556,9 @@ Index* read_any(IOReader* f, int io_flags, int depth) {
     if (tag == fcc(kPreTransform)) return read_pretransform(f, io_flags, depth);
     if (tag == fcc(kRefine)) return read_refine(f, io_flags, depth);
     PushbackReader pb(f, tag);
-    return read_index(&pb, io_flags);
+    std::unique_ptr<Index> idx(read_index(&pb, io_flags));
+    validate_faiss_tree(idx.get(), 0);
+    return idx.release();
 }
 
 } // namespace
@@ -548,6 +670,7 @@ void tq_write_index(const Index* idx, const char* fname) {
 
 Index* tq_read_index(IOReader* f, int io_flags) {
     FAISS_THROW_IF_NOT_MSG(f, "read_index: null reader");
+    codec_budget = kCodecBudget;
     return read_any(f, io_flags, 0);
 }
 
