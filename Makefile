@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 APT_PACKAGES := libfaiss-dev python3-faiss python3-numpy python3-venv python3-dev swig g++ make libopenblas-dev
 
-.PHONY: demo test setup system-deps venv build clean fuzz bench
+.PHONY: demo test setup system-deps venv build clean fuzz bench bench-peers
 
 demo: setup
 	$(PY) -m faiss_turboquant.demo
@@ -41,6 +41,15 @@ venv: system-deps $(VENV)/.deps-stamp
 
 build: venv
 	$(PY) setup.py -q build_ext --inplace
+
+# Benchmarks (not part of CI): the peers environment (FAISS 1.15.1 wheel + numpy 2, turbovec,
+# nanoindex-rag) lives in its own .venv-peers; `make bench` measures everything in one run
+# and regenerates benchmarks/RESULTS.md.
+bench-peers: setup
+	bash benchmarks/peers_env.sh
+
+bench: setup bench-peers
+	PY=$(PY) bash benchmarks/bench_all.sh
 
 clean:
 	rm -rf build faiss_turboquant/*.so faiss_turboquant/swigturboquant.py faiss_turboquant/swigturboquant_wrap.cpp
