@@ -26,7 +26,20 @@ from .factory import index_factory  # noqa: E402
 from .io import read_index, write_index, serialize_index, deserialize_index  # noqa: E402
 from .casting import downcast_index, clone_index  # noqa: E402
 
+
+
+def __getattr__(name):
+    # the document store pulls in sqlite3 and friends: import it on first use only
+    if name in ("NanoIndex", "SearchResult"):
+        from . import store
+
+        return getattr(store, name)
+    raise AttributeError("module 'faiss_turboquant' has no attribute %r" % name)
+
+
 __all__ = [
+    "NanoIndex",
+    "SearchResult",
     "IndexTurboQuant",
     "IndexIVFTurboQuant",
     "TurboQuantizer",
