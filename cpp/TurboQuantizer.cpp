@@ -99,45 +99,119 @@ void TurboQuantizer::check_finite(size_t n, const float* x, const char* what) co
 
 namespace {
 
-/// the Lloyd-Max cells of 8 values: #{j : boundary_j < u}, by a branchless descent
-void quantize8_scalar(const float* u, const float* bnd, int K, int32_t* c) {
-    for (int l = 0; l < 8; l++) {
-        int cl = 0;
-        for (int s = K / 2; s >= 1; s /= 2) {
-            cl += bnd[cl + s - 1] < u[l] ? s : 0;
+/* Quantisation of one SoA block (8 vectors, d rows): u = y * inv per lane, code =
+ * #{j : boundary_j < u}, codes stored C[i * 8 + lane], and per lane, in increasing i,
+ * uc += u * centroid and cc += centroid^2 in float64 (the documented order). */
+typedef void (*quantize_block_fn)(
+        const float* Y,
+        const float* inv,
+        size_t d,
+        const float* bnd,
+        const float* cen,
+        int K,
+        uint8_t* C,
+        double* uc,
+        double* cc);
+
+void quantize_block_scalar(
+        const float* Y,
+        const float* inv,
+        size_t d,
+        const float* bnd,
+        const float* cen,
+        int K,
+        uint8_t* C,
+        double* uc,
+        double* cc) {
+    for (size_t i = 0; i < d; i++) {
+        for (int l = 0; l < 8; l++) {
+            float u = Y[i * 8 + l] * inv[l];
+            int c = 0; // branchless descent
+            for (int s = K / 2; s >= 1; s /= 2) {
+                c += bnd[c + s - 1] < u ? s : 0;
+            }
+            C[i * 8 + l] = uint8_t(c);
+            uc[l] += double(u) * double(cen[c]);
+            cc[l] += double(cen[c]) * double(cen[c]);
         }
-        c[l] = cl;
     }
 }
 
 #if defined(__x86_64__)
-// up to 16 cells: count the boundaries below u on 8 lanes (no gathers, no dependent
-// loads); the count equals the descent's result
-__attribute__((target("avx2"))) void quantize8_count_avx2(
-        const float* u,
+// up to 16 cells: count the boundaries below u (no dependent loads), look the centroid
+// up in registers, accumulate the float64 sums on 2 x 4 lanes
+__attribute__((target("avx2"))) void quantize_block_avx2(
+        const float* Y,
+        const float* inv,
+        size_t d,
         const float* bnd,
+        const float* cen,
         int K,
-        int32_t* c) {
-    const __m256 uv = _mm256_loadu_ps(u);
-    __m256i cv = _mm256_setzero_si256();
-    for (int j = 0; j + 1 < K; j++) {
-        __m256i lt = _mm256_castps_si256(
-                _mm256_cmp_ps(_mm256_set1_ps(bnd[j]), uv, _CMP_LT_OQ));
-        cv = _mm256_sub_epi32(cv, lt); // lt is -1 where bnd[j] < u
+        uint8_t* C,
+        double* uc,
+        double* cc) {
+    float table[16] = {0};
+    for (int j = 0; j < K; j++) {
+        table[j] = cen[j];
     }
-    _mm256_storeu_si256((__m256i*)c, cv);
+    const __m256 tlo = _mm256_loadu_ps(table), thi = _mm256_loadu_ps(table + 8);
+    const __m256 invv = _mm256_loadu_ps(inv);
+    __m256d uc0 = _mm256_loadu_pd(uc), uc1 = _mm256_loadu_pd(uc + 4);
+    __m256d cc0 = _mm256_loadu_pd(cc), cc1 = _mm256_loadu_pd(cc + 4);
+    for (size_t i = 0; i < d; i++) {
+        const __m256 u = _mm256_mul_ps(_mm256_loadu_ps(Y + i * 8), invv);
+        __m256i c = _mm256_setzero_si256();
+        for (int j = 0; j + 1 < K; j++) {
+            c = _mm256_sub_epi32(
+                    c,
+                    _mm256_castps_si256(
+                            _mm256_cmp_ps(_mm256_set1_ps(bnd[j]), u, _CMP_LT_OQ)));
+        }
+        __m256 cv = _mm256_blendv_ps(
+                _mm256_permutevar8x32_ps(tlo, c),
+                _mm256_permutevar8x32_ps(thi, c),
+                _mm256_castsi256_ps(_mm256_slli_epi32(c, 28)));
+        // codes to bytes: 8 int32 lanes -> 8 bytes
+        __m128i c16 = _mm_packus_epi32(
+                _mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+        __m128i c8 = _mm_packus_epi16(c16, c16);
+        _mm_storel_epi64((__m128i*)(C + i * 8), c8);
+        __m256d u0 = _mm256_cvtps_pd(_mm256_castps256_ps128(u));
+        __m256d u1 = _mm256_cvtps_pd(_mm256_extractf128_ps(u, 1));
+        __m256d c0 = _mm256_cvtps_pd(_mm256_castps256_ps128(cv));
+        __m256d c1 = _mm256_cvtps_pd(_mm256_extractf128_ps(cv, 1));
+        uc0 = _mm256_add_pd(uc0, _mm256_mul_pd(u0, c0));
+        uc1 = _mm256_add_pd(uc1, _mm256_mul_pd(u1, c1));
+        cc0 = _mm256_add_pd(cc0, _mm256_mul_pd(c0, c0));
+        cc1 = _mm256_add_pd(cc1, _mm256_mul_pd(c1, c1));
+    }
+    _mm256_storeu_pd(uc, uc0);
+    _mm256_storeu_pd(uc + 4, uc1);
+    _mm256_storeu_pd(cc, cc0);
+    _mm256_storeu_pd(cc + 4, cc1);
 }
 #endif
 
-typedef void (*quantize8_fn)(const float*, const float*, int, int32_t*);
-
-quantize8_fn get_quantize8(int K) {
+quantize_block_fn get_quantize_block(int K) {
 #if defined(__x86_64__)
     if (K <= 16 && tq_kernels::simd_level() >= 1) {
-        return quantize8_count_avx2;
+        return quantize_block_avx2;
     }
 #endif
-    return quantize8_scalar;
+    return quantize_block_scalar;
+}
+
+/// pack the codes of one lane of an SoA block (stride 8) into the b-bit stream
+void pack_lane(const uint8_t* C, int lane, size_t d, int nbits, uint8_t* code) {
+    for (size_t i = 0; i < d; i += 8) {
+        size_t cnt = d - i < 8 ? d - i : 8;
+        uint64_t w = 0;
+        for (size_t j = 0; j < cnt; j++) {
+            w |= uint64_t(C[(i + j) * 8 + lane]) << (j * nbits);
+        }
+        std::memcpy(code, &w, (cnt * nbits + 7) / 8);
+        code += nbits;
+    }
 }
 
 } // namespace
@@ -154,7 +228,7 @@ void TurboQuantizer::encode(size_t n, const float* x, uint8_t* codes) const {
     const double sqrt_d = std::sqrt(double(d));
     const bool dense = rotation.kind == TQRotation::DENSE;
     const int64_t nblocks = (n + 7) / 8;
-    const quantize8_fn quantize8 = get_quantize8(K);
+    const quantize_block_fn quantize_block = get_quantize_block(K);
 
 #pragma omp parallel if (n > 64)
     {
@@ -201,19 +275,7 @@ void TurboQuantizer::encode(size_t n, const float* x, uint8_t* codes) const {
                 inv[l] = norm[l] > 0 ? float(sqrt_d / norm[l]) : 0.0f;
             }
             double uc[8] = {0, 0, 0, 0, 0, 0, 0, 0}, cc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            for (size_t i = 0; i < d; i++) {
-                float u[8];
-                int32_t c[8];
-                for (int l = 0; l < 8; l++) {
-                    u[l] = Y[i * 8 + l] * inv[l];
-                }
-                quantize8(u, bnd, K, c);
-                for (int l = 0; l < 8; l++) {
-                    C[l * d + i] = uint8_t(c[l]);
-                    uc[l] += double(u[l]) * double(cen[c[l]]);
-                    cc[l] += double(cen[c[l]]) * double(cen[c[l]]);
-                }
-            }
+            quantize_block(Y.data(), inv, d, bnd, cen, K, C.data(), uc, cc);
             float ipf_f[8];
             for (size_t l = 0; l < nv; l++) {
                 double ipf = 0;
@@ -228,7 +290,7 @@ void TurboQuantizer::encode(size_t n, const float* x, uint8_t* codes) const {
                 }
                 ipf_f[l] = float(ipf);
                 uint8_t* code = codes + (v0 + l) * code_size;
-                tq_kernels::pack_codes(C.data() + l * d, d, nbits, code);
+                pack_lane(C.data(), int(l), d, nbits, code);
                 uint8_t* factors = code + factors_offset();
                 store_float(factors, float(norm[l]));
                 store_float(factors + 4, ipf_f[l]);
@@ -243,7 +305,7 @@ void TurboQuantizer::encode(size_t n, const float* x, uint8_t* codes) const {
             double rn2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             for (size_t i = 0; i < d; i++) {
                 for (int l = 0; l < 8; l++) {
-                    float t = ipf_f[l] * cen[C[l * d + i]];
+                    float t = ipf_f[l] * cen[C[i * 8 + l]];
                     float r = Y[i * 8 + l] - t;
                     R[i * 8 + l] = r;
                     rn2[l] += double(r) * double(r);
