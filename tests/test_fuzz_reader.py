@@ -38,37 +38,39 @@ CRASHERS_EXPECTED = {
     # ntotal=0 skipped the quantizer-size check; nlist=2^28 allocated ArrayInvertedLists
     # (~12.9 GB) before any list was read
     "alloc_tq_ivf_nlist_2p28_empty.bin": "alloc",
-    # --- open
-    # ours (read_refine / get_codec): every codec is individually within limits
-    # (d <= 65536, 16 rotation rounds, qjl_m <= 8d -> 8 extra rotations, ~72 MB of
-    # rotation tables for an 85-byte leaf), but TQRf nests two sub-indexes, so a binary
-    # tree of depth 4 (1.7 KB file) allocates ~1.2 GB and takes ~3 s; depth 5 (3.5 KB):
-    # 2.4 GB / 7.6 s; depth 15 is allowed. Needs a per-file budget on codec memory.
+    # --- fixed in 5ea7bc1 (our reader, incl. checks on what FAISS's reader returns)
+    # every codec was individually within limits (d <= 65536, 16 rotation rounds,
+    # qjl_m <= 8d -> 8 extra rotations, ~72 MB of rotation tables for an 85-byte leaf), but
+    # TQRf nests two sub-indexes: a depth-4 tree (1.7 KB) allocated ~1.2 GB in ~3 s
     "alloc_tq_refine_tree_codec_amplification.bin": "alloc",
-    # ours (read_idmap): the IDMap's sub-index must return positions 0..ntotal-1, but a
-    # TQIv sub-index returns the ids stored in its inverted lists (here 16777216 and
-    # 4294967300); IndexIDMapTemplate::search then reads id_map[label] out of bounds ->
-    # SIGSEGV (found by mutate.py, 90 crashes in the 100k run were mostly this)
+    # read_idmap: a TQIv sub-index returned the ids stored in its lists (16777216,
+    # 4294967300) as positions; IndexIDMapTemplate::search read id_map[label] out of
+    # bounds -> SIGSEGV (43 of the 90 crashes of the first 100k mutate.py run)
     "crash_tq_idmap_ivf_ids_out_of_range.bin": "crash",
-    # ours + FAISS (read_refine): the refine sub-index (an IndexFlat read by FAISS) has
-    # metric_type -1, which FAISS's reader does not check; IndexRefine::search throws
-    # "metric type not implemented" inside an OpenMP region -> std::terminate (SIGABRT)
+    # read_refine: the FAISS-read refine IndexFlat had metric_type -1; IndexRefine::search
+    # threw "metric type not implemented" inside an OpenMP region -> std::terminate
     "crash_tq_refine_invalid_metric_subindex.bin": "crash",
-    # ours + FAISS (read_refine): the refine sub-index has is_trained=0; IndexRefine::add
-    # adds to the base, then the refine add throws, leaving base.ntotal > ntotal; the next
-    # search fails `assert(base_labels[i] < ntotal)` (IndexRefine.cpp:120) -> SIGABRT
+    # read_refine: refine sub-index with is_trained=0; IndexRefine::add added to the base,
+    # then the refine add threw, leaving base.ntotal > ntotal; the next search failed
+    # `assert(base_labels[i] < ntotal)` (IndexRefine.cpp:120) -> SIGABRT
     "crash_tq_refine_untrained_refine_add.bin": "crash",
-    # FAISS 1.7.3's own reader: IndexFlat with ntotal = 2^62 + 6: the check
-    # codes.size() == ntotal * code_size overflows and passes; search reads past the codes
+    # FAISS 1.7.3's own reader: IndexFlat with ntotal = 2^62 + 6: its check
+    # codes.size() == ntotal * code_size overflows and passes; search read past the codes
     # -> SIGSEGV in fvec_L2sqr_ref (knn_L2sqr)
     "crash_faiss_flat_ntotal_overflow.bin": "crash",
     # FAISS 1.7.3's own reader (no TurboQuant in the file): IndexIDMap with an id_map
-    # shorter than ntotal is accepted; search indexes id_map out of bounds -> SIGSEGV in
+    # shorter than ntotal; search indexed id_map out of bounds -> SIGSEGV in
     # IndexIDMapTemplate::search's OpenMP loop (found by tests/fuzz/mutate.py, minimised)
     "crash_faiss_idmap_id_map_shorter_than_ntotal.bin": "crash",
     # FAISS 1.7.3's own reader: IndexIVFFlat whose quantizer has more entries than nlist
     # -> abort in IndexIVF::search_preassigned
     "crash_faiss_ivf_quantizer_bigger_than_nlist.bin": "crash",
+    # --- open
+    # FAISS 1.7.3's own reader, top-level FAISS index: IndexIVFFlat with metric_type
+    # 0xEC000001 is accepted; search: get_InvertedListScanner (IndexIVFFlat.cpp:208)
+    # throws "metric type not supported" inside IndexIVF::search_preassigned's OpenMP
+    # region -> std::terminate (SIGABRT). Found by the second 100k mutate.py run.
+    "crash_faiss_ivf_invalid_metric.bin": "crash",
     # FAISS 1.7.3's own reader: READVECTOR resizes to the size read from the file, then
     # throws on the short read and leaks the vector (no RAII): ~190 MB per read
     "leak_faiss_flat_oversized_vector.bin": "leak",
@@ -76,13 +78,7 @@ CRASHERS_EXPECTED = {
     "leak_tq_pretransform_faiss_vector.bin": "leak",
 }
 KNOWN_OPEN = {
-    "alloc_tq_refine_tree_codec_amplification.bin",
-    "crash_tq_idmap_ivf_ids_out_of_range.bin",
-    "crash_tq_refine_invalid_metric_subindex.bin",
-    "crash_tq_refine_untrained_refine_add.bin",
-    "crash_faiss_flat_ntotal_overflow.bin",
-    "crash_faiss_idmap_id_map_shorter_than_ntotal.bin",
-    "crash_faiss_ivf_quantizer_bigger_than_nlist.bin",
+    "crash_faiss_ivf_invalid_metric.bin",
     "leak_faiss_flat_oversized_vector.bin",
     "leak_tq_pretransform_faiss_vector.bin",
 }
