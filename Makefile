@@ -42,6 +42,16 @@ venv: system-deps $(VENV)/.deps-stamp
 build: venv
 	$(PY) setup.py -q build_ext --inplace
 
+# Long fuzzing run of the index reader (a bounded run is part of `make test`);
+# FUZZ_RUNS=N sets the number of inputs of each fuzzer. Findings go to build/fuzz-findings.
+fuzz: setup
+	mkdir -p build/fuzz-corpus build/fuzz-work build/fuzz-findings
+	$(PY) tests/fuzz/make_corpus.py build/fuzz-corpus
+	$(PY) tests/fuzz/fuzz_reader.py -runs=$${FUZZ_RUNS:-100000} -timeout=10 -rss_limit_mb=4096 \
+	    -artifact_prefix=build/fuzz-findings/ build/fuzz-work build/fuzz-corpus
+	$(PY) tests/fuzz/mutate.py -n $${FUZZ_RUNS:-100000} --all-truncations \
+	    --findings build/fuzz-findings --json build/fuzz-findings/mutate.json
+
 # Benchmarks (not part of CI): the peers environment (FAISS 1.15.1 wheel + numpy 2, turbovec,
 # nanoindex-rag) lives in its own .venv-peers; `make bench` measures everything in one run
 # and regenerates benchmarks/RESULTS.md.

@@ -493,6 +493,12 @@ void validate_faiss_tree(const Index* idx, int depth) {
     FAISS_THROW_IF_NOT_MSG(
             idx->ntotal >= 0 && idx->ntotal <= kMaxNtotal && idx->d >= 0,
             "corrupt file: index size");
+    const int metric = int(idx->metric_type);
+    FAISS_THROW_IF_NOT_FMT(
+            (metric >= METRIC_INNER_PRODUCT && metric <= METRIC_Lp) ||
+                    (metric >= METRIC_Canberra && metric <= METRIC_JensenShannon),
+            "corrupt file: unknown metric type %d",
+            metric);
     if (auto* fc = dynamic_cast<const IndexFlatCodes*>(idx)) {
         FAISS_THROW_IF_NOT_MSG(
                 fc->code_size > 0 && fc->code_size < (size_t(1) << 30) &&
@@ -533,6 +539,9 @@ void validate_faiss_tree(const Index* idx, int depth) {
         FAISS_THROW_IF_NOT_MSG(
                 ivf->quantizer && ivf->invlists && ivf->invlists->nlist == ivf->nlist,
                 "corrupt file: IVF structure");
+        FAISS_THROW_IF_NOT_MSG(
+                ivf->metric_type == METRIC_L2 || ivf->metric_type == METRIC_INNER_PRODUCT,
+                "corrupt file: IVF metric type");
         validate_faiss_tree(ivf->quantizer, depth + 1);
         FAISS_THROW_IF_NOT_MSG(
                 !ivf->is_trained || ivf->quantizer->ntotal == idx_t(ivf->nlist),

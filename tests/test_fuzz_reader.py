@@ -65,12 +65,11 @@ CRASHERS_EXPECTED = {
     # FAISS 1.7.3's own reader: IndexIVFFlat whose quantizer has more entries than nlist
     # -> abort in IndexIVF::search_preassigned
     "crash_faiss_ivf_quantizer_bigger_than_nlist.bin": "crash",
-    # --- open
     # FAISS 1.7.3's own reader, top-level FAISS index: IndexIVFFlat with metric_type
-    # 0xEC000001 is accepted; search: get_InvertedListScanner (IndexIVFFlat.cpp:208)
-    # throws "metric type not supported" inside IndexIVF::search_preassigned's OpenMP
-    # region -> std::terminate (SIGABRT). Found by the second 100k mutate.py run.
+    # 0xEC000001 was accepted; search threw inside an OpenMP region -> std::terminate.
+    # Fixed: the post-read checks reject unknown metrics (and non-L2/IP IVF metrics).
     "crash_faiss_ivf_invalid_metric.bin": "crash",
+    # --- open
     # FAISS 1.7.3's own reader: READVECTOR resizes to the size read from the file, then
     # throws on the short read and leaks the vector (no RAII): ~190 MB per read
     "leak_faiss_flat_oversized_vector.bin": "leak",
@@ -78,7 +77,6 @@ CRASHERS_EXPECTED = {
     "leak_tq_pretransform_faiss_vector.bin": "leak",
 }
 KNOWN_OPEN = {
-    "crash_faiss_ivf_invalid_metric.bin",
     "leak_faiss_flat_oversized_vector.bin",
     "leak_tq_pretransform_faiss_vector.bin",
 }
