@@ -86,47 +86,73 @@ bool fast_scan_eligible(const IndexTurboQuant& index, const IDSelector* sel) {
             tq_kernels::fast_scan_i8_available();
 }
 
-/// 4-bit fast path: integer candidates, exact float re-scoring (see use_fast_scan)
+/* 4-bit fast path (see use_fast_scan) for a group of 1..4 queries: integer candidate
+ * scores for every code (each code unpacked once for the whole group), a heap of
+ * max(2k, k + 16) candidates per query, then exact float re-scoring of the candidates. */
 template <class C>
-void search_one_fast(
+void search_fast_group(
         const IndexTurboQuant& index,
-        const TurboQuantizer::Query& query,
+        const TurboQuantizer::Query* queries,
+        int nq,
         idx_t k,
         float* dis,
         idx_t* ids) {
     const bool l2 = index.metric_type == METRIC_L2;
     const TurboQuantizer& tq = index.tq;
-    tq_kernels::QueryI8 q8;
-    tq_kernels::prepare_query_i8(query.qrot.data(), tq.centroid_table.data(), index.d, q8);
     const idx_t k2 = std::max(2 * k, k + 16);
-    std::vector<float> cdis(k2);
-    std::vector<idx_t> cids(k2);
-    heap_heapify<C>(k2, cdis.data(), cids.data());
-    const uint8_t* codes = index.codes.data();
     const size_t bs = 256;
-    float buf[bs];
+    tq_kernels::QueryI8 q8[4];
+    const tq_kernels::QueryI8* qp[4];
+    std::vector<float> cdis(4 * k2), buf(4 * bs);
+    std::vector<idx_t> cids(4 * k2);
+    float* outp[4];
+    for (int j = 0; j < 4; j++) {
+        int jj = std::min(j, nq - 1); // pad a short group with its last query
+        if (j < nq) {
+            tq_kernels::prepare_query_i8(
+                    queries[j].qrot.data(), tq.centroid_table.data(), index.d, q8[j]);
+            heap_heapify<C>(k2, cdis.data() + j * k2, cids.data() + j * k2);
+        }
+        qp[j] = &q8[jj];
+        outp[j] = buf.data() + j * bs;
+    }
+    const uint8_t* codes = index.codes.data();
     for (idx_t i0 = 0; i0 < index.ntotal; i0 += bs) {
         size_t nb = std::min<size_t>(bs, index.ntotal - i0);
         const uint8_t* block = codes + i0 * index.code_size;
-        tq_kernels::code_dot_many_i8(block, index.code_size, nb, q8, index.d, buf);
-        tq.finish_distances(query, block, nb, l2, buf);
-        for (size_t j = 0; j < nb; j++) {
-            if (C::cmp(cdis[0], buf[j])) {
-                heap_replace_top<C>(k2, cdis.data(), cids.data(), buf[j], i0 + j);
+        if (nq == 1) {
+            tq_kernels::code_dot_many_i8(block, index.code_size, nb, q8[0], index.d, outp[0]);
+        } else {
+            tq_kernels::code_dot_many_i8_x4(block, index.code_size, nb, qp, index.d, outp);
+        }
+        for (int j = 0; j < nq; j++) {
+            float* b = outp[j];
+            tq.finish_distances(queries[j], block, nb, l2, b);
+            float* hd = cdis.data() + j * k2;
+            idx_t* hi = cids.data() + j * k2;
+            for (size_t v = 0; v < nb; v++) {
+                if (C::cmp(hd[0], b[v])) {
+                    heap_replace_top<C>(k2, hd, hi, b[v], i0 + v);
+                }
             }
         }
     }
-    heap_heapify<C>(k, dis, ids);
-    for (idx_t j = 0; j < k2; j++) {
-        if (cids[j] < 0) {
-            continue;
+    for (int j = 0; j < nq; j++) {
+        float* dj = dis + j * k;
+        idx_t* ij = ids + j * k;
+        heap_heapify<C>(k, dj, ij);
+        for (idx_t c = 0; c < k2; c++) {
+            idx_t id = cids[j * k2 + c];
+            if (id < 0) {
+                continue;
+            }
+            float v = tq.estimate_distance(queries[j], codes + id * index.code_size, l2);
+            if (C::cmp(dj[0], v)) {
+                heap_replace_top<C>(k, dj, ij, v, id);
+            }
         }
-        float v = tq.estimate_distance(query, codes + cids[j] * index.code_size, l2);
-        if (C::cmp(dis[0], v)) {
-            heap_replace_top<C>(k, dis, ids, v, cids[j]);
-        }
+        heap_reorder<C>(k, dj, ij);
     }
-    heap_reorder<C>(k, dis, ids);
 }
 
 /* Many queries at once: decode a block of database codes to their (unscaled) centroid
@@ -279,16 +305,21 @@ void IndexTurboQuant::search(
     tq.check_finite(n, x, "query");
     const IDSelector* sel = params ? params->sel : nullptr;
     if (fast_scan_eligible(*this, sel)) {
-#pragma omp parallel for if (n > 1)
-        for (idx_t q = 0; q < n; q++) {
-            TurboQuantizer::Query query;
-            tq.prepare_query(x + q * d, query);
+        const idx_t ngroups = (n + 3) / 4;
+#pragma omp parallel for if (ngroups > 1) schedule(dynamic)
+        for (idx_t g = 0; g < ngroups; g++) {
+            const idx_t q0 = g * 4;
+            const int nq = int(std::min<idx_t>(4, n - q0));
+            TurboQuantizer::Query queries[4];
+            for (int j = 0; j < nq; j++) {
+                tq.prepare_query(x + (q0 + j) * d, queries[j]);
+            }
             if (metric_type == METRIC_L2) {
-                search_one_fast<CMax<float, idx_t>>(
-                        *this, query, k, distances + q * k, labels + q * k);
+                search_fast_group<CMax<float, idx_t>>(
+                        *this, queries, nq, k, distances + q0 * k, labels + q0 * k);
             } else {
-                search_one_fast<CMin<float, idx_t>>(
-                        *this, query, k, distances + q * k, labels + q * k);
+                search_fast_group<CMin<float, idx_t>>(
+                        *this, queries, nq, k, distances + q0 * k, labels + q0 * k);
             }
         }
         return;

@@ -107,3 +107,17 @@ def test_shape_checked_even_under_python_O(cls):
                          cwd=root, env=dict(os.environ, PYTHONPATH=root), timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["ok", "search", "ok", "add", "ok", "range_search"]
+
+
+@pytest.mark.parametrize("nq", [1, 3, 4, 9])
+def test_fast_scan_groups_equal_single_queries(real, nq):
+    """Queries scanned in groups of 4 (codes unpacked once per group) give exactly the
+    results of one-by-one scans: the integer scores do not depend on the grouping."""
+    xb, xq = real
+    idx = ft.IndexTurboQuant(xb.shape[1], 4, 0, faiss.METRIC_L2)
+    idx.add(xb)
+    D, I = idx.search(xq[:nq], 7)
+    for j in range(nq):
+        Dj, Ij = idx.search(xq[j:j + 1], 7)
+        np.testing.assert_array_equal(Ij[0], I[j])
+        np.testing.assert_array_equal(Dj[0], D[j])

@@ -132,9 +132,65 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void code_dot_ma
         code_dot_many_i8_scalar(codes + v * stride, stride, n - v, q, d, out + v);
     }
 }
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void code_dot_many_i8_x4_vnni(
+        const uint8_t* codes,
+        size_t stride,
+        size_t n,
+        const QueryI8* const* q,
+        size_t d,
+        float* const* out) {
+    const size_t full = d / 64 * 64;
+    const __m512i table =
+            _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i*)q[0]->table));
+    const __m256i low4 = _mm256_set1_epi8(15);
+    const int8_t* q0 = q[0]->q8.data();
+    const int8_t* q1 = q[1]->q8.data();
+    const int8_t* q2 = q[2]->q8.data();
+    const int8_t* q3 = q[3]->q8.data();
+    for (size_t v = 0; v < n; v++) {
+        const uint8_t* c = codes + v * stride;
+        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+        for (size_t g = 0; g < full; g += 64) {
+            __m256i x = _mm256_loadu_si256((const __m256i*)(c + g / 2));
+            __m512i nib = _mm512_inserti64x4(
+                    _mm512_castsi256_si512(_mm256_and_si256(x, low4)),
+                    _mm256_and_si256(_mm256_srli_epi16(x, 4), low4),
+                    1);
+            __m512i vals = _mm512_shuffle_epi8(table, nib);
+            a0 = _mm512_dpbusd_epi32(a0, vals, _mm512_loadu_si512(q0 + g));
+            a1 = _mm512_dpbusd_epi32(a1, vals, _mm512_loadu_si512(q1 + g));
+            a2 = _mm512_dpbusd_epi32(a2, vals, _mm512_loadu_si512(q2 + g));
+            a3 = _mm512_dpbusd_epi32(a3, vals, _mm512_loadu_si512(q3 + g));
+        }
+        const __m512i acc[4] = {a0, a1, a2, a3};
+        for (int j = 0; j < 4; j++) {
+            int32_t sum = _mm512_reduce_add_epi32(acc[j]) + dot_tail(c, *q[j], full, d);
+            out[j][v] = float(sum - q[j]->bias) * q[j]->inv_scale;
+        }
+    }
+}
 #endif
 
 } // namespace
+
+void code_dot_many_i8_x4(
+        const uint8_t* codes,
+        size_t stride,
+        size_t n,
+        const QueryI8* const* q,
+        size_t d,
+        float* const* out) {
+#if defined(__x86_64__)
+    if (fast_scan_i8_available()) {
+        code_dot_many_i8_x4_vnni(codes, stride, n, q, d, out);
+        return;
+    }
+#endif
+    for (int j = 0; j < 4; j++) {
+        code_dot_many_i8_scalar(codes, stride, n, *q[j], d, out[j]);
+    }
+}
 
 void code_dot_many_i8(
         const uint8_t* codes,

@@ -42,5 +42,15 @@ void code_dot_many_i8(
         size_t d,
         float* out);
 
+/// the same for 4 queries at once: each code is unpacked once and scored against all
+/// four (out[j][v] for query j); results equal four calls of code_dot_many_i8
+void code_dot_many_i8_x4(
+        const uint8_t* codes,
+        size_t stride,
+        size_t n,
+        const QueryI8* const* q,
+        size_t d,
+        float* const* out);
+
 } // namespace tq_kernels
 } // namespace faiss
