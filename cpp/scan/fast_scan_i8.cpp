@@ -113,11 +113,11 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void code_dot_ma
             __m256i x0 = _mm256_loadu_si256((const __m256i*)(c0 + g / 2));
             __m256i x1 = _mm256_loadu_si256((const __m256i*)(c1 + g / 2));
             __m512i n0 = _mm512_inserti64x4(
-                    _mm512_castsi256_si512(_mm256_and_si256(x0, low4)),
+                    _mm512_zextsi256_si512(_mm256_and_si256(x0, low4)),
                     _mm256_and_si256(_mm256_srli_epi16(x0, 4), low4),
                     1);
             __m512i n1 = _mm512_inserti64x4(
-                    _mm512_castsi256_si512(_mm256_and_si256(x1, low4)),
+                    _mm512_zextsi256_si512(_mm256_and_si256(x1, low4)),
                     _mm256_and_si256(_mm256_srli_epi16(x1, 4), low4),
                     1);
             a0 = _mm512_dpbusd_epi32(a0, _mm512_shuffle_epi8(table, n0), qv);
@@ -154,7 +154,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void code_dot_ma
         for (size_t g = 0; g < full; g += 64) {
             __m256i x = _mm256_loadu_si256((const __m256i*)(c + g / 2));
             __m512i nib = _mm512_inserti64x4(
-                    _mm512_castsi256_si512(_mm256_and_si256(x, low4)),
+                    _mm512_zextsi256_si512(_mm256_and_si256(x, low4)),
                     _mm256_and_si256(_mm256_srli_epi16(x, 4), low4),
                     1);
             __m512i vals = _mm512_shuffle_epi8(table, nib);
