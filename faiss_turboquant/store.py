@@ -474,6 +474,7 @@ class NanoIndex:
         self._save_lock = threading.Lock()
         self._cache_lock = threading.Lock()
         self._idarr = None
+        self._version = 0
         self._res = _Resources()
         self._res.tmpdir = tempfile.mkdtemp(prefix="nanoindex-")
         self._finalizer = weakref.finalize(self, self._res.close)
@@ -810,6 +811,7 @@ class NanoIndex:
                 raise
         self._next_id = start + n
         self._idarr = None
+        self._version += 1
         if self._index_fields and len(self) >= 2 * max(self._analyzed_at, 500):
             self._analyze_locked()
 
@@ -852,12 +854,21 @@ class NanoIndex:
                     raise
                 finally:
                     self._idarr = None
+                self._version += 1
             return len(rows)
 
     # ---------------------------------------------------------------- read path
 
     def __len__(self) -> int:
         return int(self._index.ntotal)
+
+    @property
+    def version(self) -> int:
+        """Number of writes (``add`` / ``upsert`` / ``delete`` that changed the store)
+        applied since this object was created or loaded. It is bumped under the write
+        lock, in the same critical section as the write, so a read (``search``, ``get``)
+        that finds the same value before and after the call saw exactly that state."""
+        return self._version
 
     @property
     def n_vectors(self) -> int:
