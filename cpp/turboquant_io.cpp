@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <typeinfo>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,7 @@ const char* const kIDMap2 = "TQM2";
 const char* const kPreTransform = "TQPt";
 const char* const kRefine = "TQRf";
 const char* const kInvLists = "TQil";
+const char* const kFlatFloat = "TQff"; // a plain IndexFlat inside one of our trees
 
 // sanity limits applied before anything is allocated
 const int64_t kMaxDim = 1 << 16;
@@ -555,10 +557,25 @@ void validate_faiss_tree(const Index* idx, int depth) {
     }
 }
 
+Index* read_flat_float(IOReader* f) {
+    Header h = get_header(f, true);
+    std::unique_ptr<IndexFlat> idx(
+            h.metric == METRIC_INNER_PRODUCT ? (IndexFlat*)new IndexFlatIP(h.d)
+                                             : (IndexFlat*)new IndexFlatL2(h.d));
+    apply_header(idx.get(), h);
+    uint64_t cs = get<uint64_t>(f);
+    FAISS_THROW_IF_NOT_MSG(
+            cs == sizeof(float) * size_t(h.d), "TurboQuant: corrupt file: flat code size");
+    get_bytes(f, idx->codes, size_t(h.ntotal) * cs);
+    idx->is_trained = true;
+    return idx.release();
+}
+
 Index* read_any(IOReader* f, int io_flags, int depth) {
     FAISS_THROW_IF_NOT_MSG(depth < 8, "TurboQuant: corrupt file: nesting too deep");
     uint32_t tag = get<uint32_t>(f);
     if (tag == fcc(kFlat)) return read_flat(f);
+    if (tag == fcc(kFlatFloat)) return read_flat_float(f);
     if (tag == fcc(kIVF)) return read_ivf(f, io_flags, depth);
     if (tag == fcc(kIDMap)) return read_idmap(f, io_flags, depth, false);
     if (tag == fcc(kIDMap2)) return read_idmap(f, io_flags, depth, true);
@@ -596,6 +613,30 @@ bool tq_contains_turboquant(const Index* idx) {
     return false;
 }
 
+namespace {
+
+/// true for IndexFlat / IndexFlatIP / IndexFlatL2 exactly (not their other subclasses)
+bool is_plain_flat(const Index* idx) {
+    const std::type_info& t = typeid(*idx);
+    return t == typeid(IndexFlat) || t == typeid(IndexFlatIP) || t == typeid(IndexFlatL2);
+}
+
+/* Children of our wrappers: a plain flat index (coarse quantizer, RFlat refinement) is
+ * written in our own format, so reading it back never goes through FAISS 1.7.3's reader,
+ * which sizes buffers from the file before checking that the bytes exist. */
+void write_child(const Index* idx, IOWriter* f) {
+    if (is_plain_flat(idx)) {
+        auto* flat = static_cast<const IndexFlat*>(idx);
+        put_header(f, kFlatFloat, flat);
+        put(f, uint64_t(flat->code_size));
+        put_bytes(f, flat->codes.data(), flat->codes.size());
+        return;
+    }
+    tq_write_index(idx, f);
+}
+
+} // namespace
+
 void tq_write_index(const Index* idx, IOWriter* f) {
     FAISS_THROW_IF_NOT_MSG(idx, "write_index: null index");
     if (!tq_contains_turboquant(idx)) {
@@ -611,7 +652,7 @@ void tq_write_index(const Index* idx, IOWriter* f) {
         put_header(f, kIVF, ivf);
         put(f, uint64_t(ivf->nlist));
         put(f, uint64_t(ivf->nprobe));
-        tq_write_index(ivf->quantizer, f);
+        write_child(ivf->quantizer, f);
         put(f, uint8_t(ivf->by_residual));
         put_codec(f, ivf->tq);
         const DirectMap& dm = ivf->direct_map;
@@ -630,7 +671,7 @@ void tq_write_index(const Index* idx, IOWriter* f) {
         write_invlists(f, ivf->invlists);
     } else if (auto* m = dynamic_cast<const IndexIDMap*>(idx)) {
         put_header(f, dynamic_cast<const IndexIDMap2*>(idx) ? kIDMap2 : kIDMap, m);
-        tq_write_index(m->index, f);
+        write_child(m->index, f);
         put_ids(f, m->id_map);
     } else if (auto* p = dynamic_cast<const IndexPreTransform*>(idx)) {
         put_header(f, kPreTransform, p);
@@ -638,13 +679,13 @@ void tq_write_index(const Index* idx, IOWriter* f) {
         for (const VectorTransform* vt : p->chain) {
             write_VectorTransform(vt, f);
         }
-        tq_write_index(p->index, f);
+        write_child(p->index, f);
     } else if (auto* r = dynamic_cast<const IndexRefine*>(idx)) {
         put_header(f, kRefine, r);
         put(f, uint8_t(dynamic_cast<const IndexRefineFlat*>(idx) ? 1 : 0));
         put(f, float(r->k_factor));
-        tq_write_index(r->base_index, f);
-        tq_write_index(r->refine_index, f);
+        write_child(r->base_index, f);
+        write_child(r->refine_index, f);
     } else {
         FAISS_THROW_MSG(
                 "TurboQuant: cannot serialise this composition (TurboQuant inside an "
