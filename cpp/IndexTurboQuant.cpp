@@ -294,6 +294,46 @@ void IndexTurboQuant::sa_decode(idx_t n, const uint8_t* bytes, float* x) const {
     tq.decode(n, bytes, x);
 }
 
+namespace {
+
+/// the three search strategies, for one comparator (CMin: inner product, CMax: L2)
+template <class C>
+void search_impl(
+        const IndexTurboQuant& index,
+        idx_t n,
+        const float* x,
+        idx_t k,
+        float* distances,
+        idx_t* labels,
+        const IDSelector* sel) {
+    const TurboQuantizer& tq = index.tq;
+    const size_t d = index.d;
+    if (fast_scan_eligible(index, sel)) { // 4-bit integer scan, queries by groups of 4
+        const idx_t ngroups = (n + 3) / 4;
+#pragma omp parallel for if (ngroups > 1) schedule(dynamic)
+        for (idx_t g = 0; g < ngroups; g++) {
+            const idx_t q0 = g * 4;
+            const int nq = int(std::min<idx_t>(4, n - q0));
+            TurboQuantizer::Query queries[4];
+            for (int j = 0; j < nq; j++) {
+                tq.prepare_query(x + (q0 + j) * d, queries[j]);
+            }
+            search_fast_group<C>(index, queries, nq, k, distances + q0 * k, labels + q0 * k);
+        }
+    } else if (n >= index.batch_search_threshold) { // decode blocks once, BLAS product
+        search_batch_blas<C>(index, n, x, k, distances, labels, sel);
+    } else { // float kernel, one query per thread
+#pragma omp parallel for if (n > 1)
+        for (idx_t q = 0; q < n; q++) {
+            TurboQuantizer::Query query;
+            tq.prepare_query(x + q * d, query);
+            search_one<C>(index, query, k, distances + q * k, labels + q * k, sel);
+        }
+    }
+}
+
+} // namespace
+
 void IndexTurboQuant::search(
         idx_t n,
         const float* x,
@@ -304,45 +344,10 @@ void IndexTurboQuant::search(
     FAISS_THROW_IF_NOT_MSG(k > 0, "TurboQuant: k must be > 0");
     tq.check_finite(n, x, "query");
     const IDSelector* sel = params ? params->sel : nullptr;
-    if (fast_scan_eligible(*this, sel)) {
-        const idx_t ngroups = (n + 3) / 4;
-#pragma omp parallel for if (ngroups > 1) schedule(dynamic)
-        for (idx_t g = 0; g < ngroups; g++) {
-            const idx_t q0 = g * 4;
-            const int nq = int(std::min<idx_t>(4, n - q0));
-            TurboQuantizer::Query queries[4];
-            for (int j = 0; j < nq; j++) {
-                tq.prepare_query(x + (q0 + j) * d, queries[j]);
-            }
-            if (metric_type == METRIC_L2) {
-                search_fast_group<CMax<float, idx_t>>(
-                        *this, queries, nq, k, distances + q0 * k, labels + q0 * k);
-            } else {
-                search_fast_group<CMin<float, idx_t>>(
-                        *this, queries, nq, k, distances + q0 * k, labels + q0 * k);
-            }
-        }
-        return;
-    }
-    if (n >= batch_search_threshold) {
-        if (metric_type == METRIC_L2) {
-            search_batch_blas<CMax<float, idx_t>>(*this, n, x, k, distances, labels, sel);
-        } else {
-            search_batch_blas<CMin<float, idx_t>>(*this, n, x, k, distances, labels, sel);
-        }
-        return;
-    }
-#pragma omp parallel for if (n > 1)
-    for (idx_t q = 0; q < n; q++) {
-        TurboQuantizer::Query query;
-        tq.prepare_query(x + q * d, query);
-        if (metric_type == METRIC_L2) {
-            search_one<CMax<float, idx_t>>(
-                    *this, query, k, distances + q * k, labels + q * k, sel);
-        } else {
-            search_one<CMin<float, idx_t>>(
-                    *this, query, k, distances + q * k, labels + q * k, sel);
-        }
+    if (metric_type == METRIC_L2) {
+        search_impl<CMax<float, idx_t>>(*this, n, x, k, distances, labels, sel);
+    } else {
+        search_impl<CMin<float, idx_t>>(*this, n, x, k, distances, labels, sel);
     }
 }
 
