@@ -402,6 +402,7 @@ void TurboQuantizer::prepare_query(const float* q, Query& query) const {
     query.qnorm2 = float(n2);
     query.code_dot = tq_kernels::get_code_dot(nbits);
     query.code_dot_many = tq_kernels::get_code_dot_many(nbits);
+    query.sum_set_bits = tq_kernels::get_sum_set_bits();
     query.qjl_proj.resize(qjl_m);
     query.qjl_proj_sum = 0;
     if (qjl_m > 0) {
@@ -453,7 +454,7 @@ float TurboQuantizer::combine_ip(const Query& query, const uint8_t* code, float 
     const uint8_t* factors = code + factors_offset();
     float ip = load_float(factors + 4) * dot;
     if (qjl_m > 0) {
-        float s = tq_kernels::sum_set_bits(
+        float s = query.sum_set_bits(
                 code + mse_bytes, query.qjl_proj.data(), qjl_m);
         ip += load_float(factors + 8) * (2 * s - query.qjl_proj_sum);
     }

@@ -81,6 +81,7 @@ struct TurboQuantizer {
         void (*code_dot_many)(
                 const uint8_t*, size_t, size_t, const float*, const float*, size_t, float*) =
                 nullptr;
+        float (*sum_set_bits)(const uint8_t*, const float*, size_t) = nullptr;
     };
     void prepare_query(const float* q, Query& query) const;
 

@@ -122,6 +122,8 @@ typedef uint64_t size_t;
 %ignore faiss::IndexTurboQuant::get_FlatCodesDistanceComputer;
 %ignore faiss::IndexIVFTurboQuant::get_InvertedListScanner;
 %ignore faiss::TurboQuantizer::Query::code_dot;
+%ignore faiss::TurboQuantizer::Query::code_dot_many;
+%ignore faiss::TurboQuantizer::Query::sum_set_bits;
 %include "lloyd_max.h"
 %include "rotation.h"
 %include "TurboQuantizer.h"

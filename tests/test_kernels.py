@@ -26,11 +26,12 @@ def restore_simd():
 
 @pytest.mark.parametrize("d", [384, 100, 37, 16, 5])
 @pytest.mark.parametrize("nbits", range(1, 9))
-def test_simd_levels_bit_identical(d, nbits):
+@pytest.mark.parametrize("qjl", [0, 19, 64])
+def test_simd_levels_bit_identical(d, nbits, qjl):
     rng = np.random.default_rng(d * 10 + nbits)
     xb = rng.standard_normal((301, d)).astype("float32")
     xq = rng.standard_normal((7, d)).astype("float32")
-    idx = ft.IndexTurboQuant(d, nbits, 0, faiss.METRIC_L2)
+    idx = ft.IndexTurboQuant(d, nbits, qjl, faiss.METRIC_L2)
     idx.use_fast_scan = False
     idx.add(xb)
     results = []

@@ -96,6 +96,18 @@ code_dot_many_fn get_code_dot_many(int nbits) {
     }
 }
 
+sum_set_bits_fn get_sum_set_bits() {
+#if defined(__x86_64__)
+    if (simd_level() >= 2) {
+        return sum_set_bits_avx512;
+    }
+    if (simd_level() >= 1) {
+        return sum_set_bits_avx2;
+    }
+#endif
+    return sum_set_bits_scalar;
+}
+
 void unpack_codes(const uint8_t* code, size_t d, int nbits, uint8_t* out) {
     const uint64_t mask = (uint64_t(1) << nbits) - 1;
     for (size_t i = 0; i < d; i += 8) {

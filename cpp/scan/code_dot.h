@@ -71,22 +71,21 @@ float code_dot_scalar(const uint8_t* code, const float* q, const float* centroid
     return reduce_lanes16(lanes);
 }
 
-/// sum of proj[k] over the set bits k of an m-bit sign vector
-inline float sum_set_bits(const uint8_t* bits, const float* proj, size_t m) {
-    float acc = 0;
-    for (size_t byte = 0; byte * 8 < m; byte++) {
-        unsigned b = bits[byte];
-        while (b) {
-            int t = __builtin_ctz(b);
-            size_t k = byte * 8 + t;
-            if (k < m) {
-                acc += proj[k];
-            }
-            b &= b - 1;
+/// sum of proj[k] over the set bits k of an m-bit sign vector, in the canonical order:
+/// proj[k] goes to lane k % 16 in increasing k, lanes reduced by reduce_lanes16
+inline float sum_set_bits_scalar(const uint8_t* bits, const float* proj, size_t m) {
+    float lanes[16] = {0};
+    for (size_t k = 0; k < m; k++) {
+        if ((bits[k >> 3] >> (k & 7)) & 1) {
+            lanes[k % 16] += proj[k];
         }
     }
-    return acc;
+    return reduce_lanes16(lanes);
 }
+
+typedef float (*sum_set_bits_fn)(const uint8_t*, const float*, size_t);
+/// the sum_set_bits implementation at the current SIMD level (bit-identical to scalar)
+sum_set_bits_fn get_sum_set_bits();
 
 /// code_dot(code, q, centroids, d): `centroids` must be readable for
 /// max(2^nbits, kCentroidTablePad) floats (the SIMD kernels load whole tables)
@@ -134,6 +133,8 @@ code_dot_fn get_code_dot_avx2(int nbits);
 code_dot_fn get_code_dot_avx512(int nbits);
 code_dot_many_fn get_code_dot_many_avx2(int nbits);
 code_dot_many_fn get_code_dot_many_avx512(int nbits);
+float sum_set_bits_avx2(const uint8_t* bits, const float* proj, size_t m);
+float sum_set_bits_avx512(const uint8_t* bits, const float* proj, size_t m);
 #endif
 
 } // namespace tq_kernels

@@ -108,7 +108,34 @@ TQ_AVX2 void code_dot_many_avx2(
     }
 }
 
+/// lanes whose bit is set in the byte: broadcast, and with one bit per lane, compare
+TQ_AVX2 inline __m256 byte_mask(uint8_t byte) {
+    const __m256i lane_bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    __m256i b = _mm256_and_si256(_mm256_set1_epi32(byte), lane_bits);
+    return _mm256_castsi256_ps(_mm256_cmpeq_epi32(b, lane_bits));
+}
+
 } // namespace
+
+/// QJL sums, lanes 0-7 and 8-15 of the canonical order in two accumulators
+TQ_AVX2 float sum_set_bits_avx2(const uint8_t* bits, const float* proj, size_t m) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    size_t k = 0;
+    for (; k + 16 <= m; k += 16) {
+        a0 = _mm256_add_ps(a0, _mm256_and_ps(byte_mask(bits[k / 8]), _mm256_loadu_ps(proj + k)));
+        a1 = _mm256_add_ps(
+                a1, _mm256_and_ps(byte_mask(bits[k / 8 + 1]), _mm256_loadu_ps(proj + k + 8)));
+    }
+    alignas(32) float lanes[16];
+    _mm256_store_ps(lanes, a0);
+    _mm256_store_ps(lanes + 8, a1);
+    for (; k < m; k++) {
+        if ((bits[k >> 3] >> (k & 7)) & 1) {
+            lanes[k % 16] += proj[k];
+        }
+    }
+    return reduce_lanes16(lanes);
+}
 
 code_dot_many_fn get_code_dot_many_avx2(int nbits) {
     switch (nbits) {

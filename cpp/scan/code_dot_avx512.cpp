@@ -111,6 +111,25 @@ TQ_AVX512 void code_dot_many_avx512(
 
 } // namespace
 
+/// QJL sums: 16 sign bits are directly a lane mask for a masked add
+TQ_AVX512 float sum_set_bits_avx512(const uint8_t* bits, const float* proj, size_t m) {
+    __m512 acc = _mm512_setzero_ps();
+    size_t k = 0;
+    for (; k + 16 <= m; k += 16) {
+        uint16_t w;
+        std::memcpy(&w, bits + k / 8, 2);
+        acc = _mm512_mask_add_ps(acc, __mmask16(w), acc, _mm512_loadu_ps(proj + k));
+    }
+    alignas(64) float lanes[16];
+    _mm512_store_ps(lanes, acc);
+    for (; k < m; k++) {
+        if ((bits[k >> 3] >> (k & 7)) & 1) {
+            lanes[k % 16] += proj[k];
+        }
+    }
+    return reduce_lanes16(lanes);
+}
+
 code_dot_many_fn get_code_dot_many_avx512(int nbits) {
     switch (nbits) {
         case 1: return code_dot_many_avx512<1, Lookup16<1>>;
