@@ -38,6 +38,7 @@ const char* const kPreTransform = "TQPt";
 const char* const kRefine = "TQRf";
 const char* const kInvLists = "TQil";
 const char* const kFlatFloat = "TQff"; // a plain IndexFlat inside one of our trees
+const char* const kLinear = "TQvt";    // a linear transform inside one of our trees
 
 // sanity limits applied before anything is allocated
 const int64_t kMaxDim = 1 << 16;
@@ -80,6 +81,50 @@ void put_codec(IOWriter* f, const TurboQuantizer& tq) {
     put(f, int32_t(tq.rotation_kind));
     put(f, int32_t(tq.rotation_rounds));
     put(f, int32_t(tq.correction));
+}
+
+void put_floats(IOWriter* f, const std::vector<float>& v) {
+    put(f, uint64_t(v.size()));
+    put_bytes(f, v.data(), v.size() * sizeof(float));
+}
+
+/* Linear transforms (RR, PCA, OPQ and plain LinearTransform) inside our trees are written
+ * in our own validated block; OPQ comes back as a LinearTransform (as FAISS 1.7.3's own
+ * reader does). Other transforms go to FAISS's writer. */
+enum LinearKind : uint8_t { kLinearPlain = 0, kLinearRR = 1, kLinearPCA = 2 };
+
+void write_transform(IOWriter* f, const VectorTransform* vt) {
+    auto* lt = dynamic_cast<const LinearTransform*>(vt);
+    const std::type_info& t = typeid(*vt);
+    if (!lt ||
+        !(t == typeid(LinearTransform) || t == typeid(RandomRotationMatrix) ||
+          t == typeid(PCAMatrix) || t == typeid(OPQMatrix))) {
+        write_VectorTransform(vt, f);
+        return;
+    }
+    auto* pca = dynamic_cast<const PCAMatrix*>(vt);
+    put(f, fcc(kLinear));
+    put(f, kFormatVersion);
+    put(f, uint8_t(pca                                       ? kLinearPCA
+                           : t == typeid(RandomRotationMatrix) ? kLinearRR
+                                                              : kLinearPlain));
+    put(f, int32_t(lt->d_in));
+    put(f, int32_t(lt->d_out));
+    put(f, uint8_t(lt->is_trained));
+    put(f, uint8_t(lt->have_bias));
+    put(f, uint8_t(lt->is_orthonormal));
+    put_floats(f, lt->A);
+    put_floats(f, lt->b);
+    if (pca) {
+        put(f, float(pca->eigen_power));
+        put(f, float(pca->epsilon));
+        put(f, uint8_t(pca->random_rotation));
+        put(f, uint64_t(pca->max_points_per_d));
+        put(f, int32_t(pca->balanced_bins));
+        put_floats(f, pca->mean);
+        put_floats(f, pca->eigenvalues);
+        put_floats(f, pca->PCAMat);
+    }
 }
 
 void put_ids(IOWriter* f, const std::vector<idx_t>& ids) {
@@ -422,6 +467,71 @@ Index* read_idmap(IOReader* f, int io_flags, int depth, bool two) {
     return idx.release();
 }
 
+/// n floats, n checked against `expected` (one of the allowed sizes) before reading
+void get_floats(IOReader* f, std::vector<float>& v, std::initializer_list<uint64_t> allowed) {
+    uint64_t n = get<uint64_t>(f);
+    bool ok = false;
+    for (uint64_t a : allowed) {
+        ok = ok || n == a;
+    }
+    FAISS_THROW_IF_NOT_MSG(ok, "TurboQuant: corrupt file: transform array size");
+    std::vector<uint8_t> raw;
+    get_bytes(f, raw, n * sizeof(float));
+    v.resize(n);
+    if (n) {
+        std::memcpy(v.data(), raw.data(), n * sizeof(float));
+    }
+}
+
+VectorTransform* read_linear(IOReader* f) {
+    FAISS_THROW_IF_NOT_MSG(
+            get<uint32_t>(f) == kFormatVersion, "TurboQuant: unsupported transform version");
+    uint8_t kind = get<uint8_t>(f);
+    int32_t d_in = get<int32_t>(f), d_out = get<int32_t>(f);
+    uint8_t trained = get<uint8_t>(f), bias = get<uint8_t>(f), ortho = get<uint8_t>(f);
+    FAISS_THROW_IF_NOT_MSG(kind <= kLinearPCA, "TurboQuant: corrupt file: transform kind");
+    FAISS_THROW_IF_NOT_MSG(
+            d_in >= 1 && d_in <= kMaxDim && d_out >= 1 && d_out <= kMaxDim &&
+                    trained <= 1 && bias <= 1 && ortho <= 1,
+            "TurboQuant: corrupt file: transform header");
+    std::unique_ptr<LinearTransform> lt;
+    if (kind == kLinearPCA) {
+        lt.reset(new PCAMatrix(d_in, d_out));
+    } else if (kind == kLinearRR) {
+        lt.reset(new RandomRotationMatrix(d_in, d_out));
+    } else {
+        lt.reset(new LinearTransform(d_in, d_out, bias));
+    }
+    lt->is_trained = trained;
+    lt->have_bias = bias;
+    lt->is_orthonormal = ortho;
+    const uint64_t di = d_in, dout = d_out;
+    get_floats(f, lt->A, {trained ? di * dout : 0});
+    get_floats(f, lt->b, {bias && trained ? dout : 0});
+    if (auto* pca = dynamic_cast<PCAMatrix*>(lt.get())) {
+        pca->eigen_power = get<float>(f);
+        pca->epsilon = get<float>(f);
+        uint8_t rr = get<uint8_t>(f);
+        FAISS_THROW_IF_NOT_MSG(rr <= 1, "TurboQuant: corrupt file: PCA flags");
+        pca->random_rotation = rr;
+        pca->max_points_per_d = get<uint64_t>(f);
+        pca->balanced_bins = get<int32_t>(f);
+        get_floats(f, pca->mean, {0, di});
+        get_floats(f, pca->eigenvalues, {0, di, dout});
+        get_floats(f, pca->PCAMat, {0, di * di, di * dout});
+    }
+    return lt.release();
+}
+
+VectorTransform* read_transform(IOReader* f) {
+    uint32_t tag = get<uint32_t>(f);
+    if (tag == fcc(kLinear)) {
+        return read_linear(f);
+    }
+    PushbackReader pb(f, tag);
+    return read_VectorTransform(&pb);
+}
+
 Index* read_pretransform(IOReader* f, int io_flags, int depth) {
     Header h = get_header(f, false);
     uint64_t nchain = get<uint64_t>(f);
@@ -430,7 +540,7 @@ Index* read_pretransform(IOReader* f, int io_flags, int depth) {
     std::vector<std::unique_ptr<VectorTransform>> chain;
     int expected_d = h.d;
     for (uint64_t i = 0; i < nchain; i++) {
-        chain.emplace_back(read_VectorTransform(f));
+        chain.emplace_back(read_transform(f));
         FAISS_THROW_IF_NOT_MSG(
                 chain.back()->d_in == expected_d,
                 "TurboQuant: corrupt file: transform chain dimensions");
@@ -677,7 +787,7 @@ void tq_write_index(const Index* idx, IOWriter* f) {
         put_header(f, kPreTransform, p);
         put(f, uint64_t(p->chain.size()));
         for (const VectorTransform* vt : p->chain) {
-            write_VectorTransform(vt, f);
+            write_transform(f, vt);
         }
         write_child(p->index, f);
     } else if (auto* r = dynamic_cast<const IndexRefine*>(idx)) {

@@ -41,3 +41,30 @@ def test_huge_size_in_flat_child_fails_without_allocating():
     struct.pack_into("<q", blob, pos + 12, 1 << 39)
     with pytest.raises(RuntimeError, match="corrupt|truncated"):
         faiss.deserialize_index(np.frombuffer(bytes(blob), dtype="uint8"))
+
+
+@pytest.mark.parametrize("desc,cls", [("PCA8,TQ4", "PCAMatrix"), ("RR16,TQ4", "RandomRotationMatrix"),
+                                      ("OPQ4_16,TQ4", "LinearTransform"),
+                                      ("PCA8,IVF8,TQ4", "PCAMatrix")])
+def test_linear_transforms_use_our_format(desc, cls):
+    faiss.omp_set_num_threads(1)
+    index, x = built(desc)
+    blob = faiss.serialize_index(index).tobytes()
+    assert b"TQvt" in blob
+    back = faiss.deserialize_index(np.frombuffer(blob, dtype="uint8"))
+    vt = faiss.downcast_VectorTransform(back.chain.at(0))
+    assert type(vt).__name__ == cls  # OPQ comes back as its matrix, as with FAISS's reader
+    D1, I1 = index.search(x[:5], 5)
+    D2, I2 = back.search(x[:5], 5)
+    np.testing.assert_array_equal(I1, I2)
+    np.testing.assert_array_equal(D1, D2)
+
+
+def test_huge_matrix_size_in_transform_fails_without_allocating():
+    index, _ = built("PCA8,TQ4")
+    blob = bytearray(faiss.serialize_index(index).tobytes())
+    pos = blob.index(b"TQvt")
+    # fourcc, version, kind u8, d_in, d_out, 3 flags -> A's length at offset 4+4+1+4+4+3
+    struct.pack_into("<Q", blob, pos + 20, 1 << 38)
+    with pytest.raises(RuntimeError, match="corrupt"):
+        faiss.deserialize_index(np.frombuffer(bytes(blob), dtype="uint8"))
