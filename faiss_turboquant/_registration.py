@@ -53,9 +53,18 @@ def register():
 
     for cls in (_swig.IndexTurboQuant, _swig.IndexIVFTurboQuant):
         class_wrappers.handle_Index(cls)
+    # our classes and the FAISS wrappers our factory builds around them: explicit shape
+    # checks that survive python -O (FAISS's are asserts)
+    wrappers = [getattr(faiss, n) for n in ("IndexIDMap", "IndexIDMap2", "IndexPreTransform",
+                                            "IndexRefine", "IndexRefineFlat", "IndexShards")
+                if hasattr(faiss, n)]
+    for cls in [_swig.IndexTurboQuant, _swig.IndexIVFTurboQuant] + wrappers:
         for name in _VECTOR_METHODS:
-            if hasattr(cls, name):
-                setattr(cls, name, _checked(getattr(cls, name), name))
+            method = getattr(cls, name, None)  # possibly inherited (IndexIVF's search)
+            if method is not None and not getattr(method, "_tq_checked", False):
+                wrapped = _checked(method, name)
+                wrapped._tq_checked = True
+                setattr(cls, name, wrapped)
     # the IVF index keeps a pointer to its coarse quantizer: keep the Python object alive
     faiss.add_ref_in_constructor(_swig.IndexIVFTurboQuant, 0)
 

@@ -664,9 +664,7 @@ def test_bad_arguments_under_python_O(optimized, name):
     expect_exc(optimized, name, DIM_ERRORS)
 
 
-@pytest.mark.xfail(reason="open finding: FAISS's own classes (IndexIDMap, IndexPreTransform, "
-                          "IndexRefine... as built by index_factory) keep FAISS's assert-based "
-                          "shape checks; under python -O a wrong dimension reads past the "
-                          "buffer (SIGSEGV)", strict=False)
+# FAISS's wrapper classes built around ours get explicit shape checks on import (they used
+# assert-based checks only; under python -O a wrong dimension read past the buffer)
 def test_faiss_wrapper_classes_under_python_O(optimized):
     expect_exc(optimized, "O_idmap_search_wrong_dim", DIM_ERRORS)
