@@ -31,11 +31,29 @@ struct Lookup32 {
     }
 };
 
-struct LookupGather {
-    const float* c;
-    TQ_AVX512 explicit LookupGather(const float* c) : c(c) {}
+// 64 / 128 / 256 centroids held in registers: two-table permutes select within each block of
+// 32 (index bits 0-4), then a tree of masked blends on bits 5, 6, 7 (no memory gathers)
+template <int NBITS>
+struct LookupTree {
+    static constexpr int NB = (1 << NBITS) / 32; // blocks of 32 centroids: 2, 4 or 8
+    __m512 t[2 * NB];
+    TQ_AVX512 explicit LookupTree(const float* c) {
+        for (int i = 0; i < 2 * NB; i++) {
+            t[i] = _mm512_loadu_ps(c + 16 * i);
+        }
+    }
     TQ_AVX512 __m512 operator()(__m512i idx) const {
-        return _mm512_i32gather_ps(idx, c, 4);
+        __m512 v[NB];
+        for (int j = 0; j < NB; j++) {
+            v[j] = _mm512_permutex2var_ps(t[2 * j], idx, t[2 * j + 1]);
+        }
+        for (int bit = 5, n = NB; n > 1; bit++, n /= 2) {
+            __mmask16 m = _mm512_test_epi32_mask(idx, _mm512_set1_epi32(1 << bit));
+            for (int j = 0; j < n / 2; j++) {
+                v[j] = _mm512_mask_blend_ps(m, v[2 * j], v[2 * j + 1]);
+            }
+        }
+        return v[0];
     }
 };
 
@@ -137,9 +155,9 @@ code_dot_many_fn get_code_dot_many_avx512(int nbits) {
         case 3: return code_dot_many_avx512<3, Lookup16<3>>;
         case 4: return code_dot_many_avx512<4, Lookup16<4>>;
         case 5: return code_dot_many_avx512<5, Lookup32>;
-        case 6: return code_dot_many_avx512<6, LookupGather>;
-        case 7: return code_dot_many_avx512<7, LookupGather>;
-        case 8: return code_dot_many_avx512<8, LookupGather>;
+        case 6: return code_dot_many_avx512<6, LookupTree<6>>;
+        case 7: return code_dot_many_avx512<7, LookupTree<7>>;
+        case 8: return code_dot_many_avx512<8, LookupTree<8>>;
     }
     return nullptr;
 }
@@ -151,9 +169,9 @@ code_dot_fn get_code_dot_avx512(int nbits) {
         case 3: return code_dot_avx512<3, Lookup16<3>>;
         case 4: return code_dot_avx512<4, Lookup16<4>>;
         case 5: return code_dot_avx512<5, Lookup32>;
-        case 6: return code_dot_avx512<6, LookupGather>;
-        case 7: return code_dot_avx512<7, LookupGather>;
-        case 8: return code_dot_avx512<8, LookupGather>;
+        case 6: return code_dot_avx512<6, LookupTree<6>>;
+        case 7: return code_dot_avx512<7, LookupTree<7>>;
+        case 8: return code_dot_avx512<8, LookupTree<8>>;
     }
     return nullptr;
 }
