@@ -207,21 +207,15 @@ void search_batch_blas(
         for (idx_t q = 0; q < n; q++) {
             float* dis = distances + q * k;
             idx_t* ids = labels + q * k;
-            const TurboQuantizer::Query& query = queries[q];
-            const float* sq = scores.data() + q * nb;
+            float* sq = scores.data() + q * nb;
+            tq.finish_distances(queries[q], codes, nb, l2, sq); // dots -> distances
             for (size_t v = 0; v < nb; v++) {
                 const idx_t id = j0 + v;
                 if (sel && !sel->is_member(id)) {
                     continue;
                 }
-                const uint8_t* code = codes + v * index.code_size;
-                float val = tq.combine_ip(query, code, sq[v]);
-                if (l2) {
-                    float norm = tq.code_norm(code);
-                    val = query.qnorm2 + norm * norm - 2 * val;
-                }
-                if (C::cmp(dis[0], val)) {
-                    heap_replace_top<C>(k, dis, ids, val, id);
+                if (C::cmp(dis[0], sq[v])) {
+                    heap_replace_top<C>(k, dis, ids, sq[v], id);
                 }
             }
         }

@@ -73,13 +73,24 @@ float code_dot_scalar(const uint8_t* code, const float* q, const float* centroid
 
 /// sum of proj[k] over the set bits k of an m-bit sign vector, in the canonical order:
 /// proj[k] goes to lane k % 16 in increasing k, lanes reduced by reduce_lanes16
-inline float sum_set_bits_scalar(const uint8_t* bits, const float* proj, size_t m) {
-    float lanes[16] = {0};
-    for (size_t k = 0; k < m; k++) {
+/// add proj[k] for the set bits k in [from, m) to lanes[k % 16] (scalar part of every
+/// implementation)
+inline void sum_set_bits_tail(
+        const uint8_t* bits,
+        const float* proj,
+        size_t from,
+        size_t m,
+        float* lanes) {
+    for (size_t k = from; k < m; k++) {
         if ((bits[k >> 3] >> (k & 7)) & 1) {
             lanes[k % 16] += proj[k];
         }
     }
+}
+
+inline float sum_set_bits_scalar(const uint8_t* bits, const float* proj, size_t m) {
+    float lanes[16] = {0};
+    sum_set_bits_tail(bits, proj, 0, m, lanes);
     return reduce_lanes16(lanes);
 }
 

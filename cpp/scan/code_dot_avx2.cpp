@@ -129,11 +129,7 @@ TQ_AVX2 float sum_set_bits_avx2(const uint8_t* bits, const float* proj, size_t m
     alignas(32) float lanes[16];
     _mm256_store_ps(lanes, a0);
     _mm256_store_ps(lanes + 8, a1);
-    for (; k < m; k++) {
-        if ((bits[k >> 3] >> (k & 7)) & 1) {
-            lanes[k % 16] += proj[k];
-        }
-    }
+    sum_set_bits_tail(bits, proj, k, m, lanes);
     return reduce_lanes16(lanes);
 }
 

@@ -140,11 +140,7 @@ TQ_AVX512 float sum_set_bits_avx512(const uint8_t* bits, const float* proj, size
     }
     alignas(64) float lanes[16];
     _mm512_store_ps(lanes, acc);
-    for (; k < m; k++) {
-        if ((bits[k >> 3] >> (k & 7)) & 1) {
-            lanes[k % 16] += proj[k];
-        }
-    }
+    sum_set_bits_tail(bits, proj, k, m, lanes);
     return reduce_lanes16(lanes);
 }
 
