@@ -31,21 +31,11 @@ import subprocess
 import sys
 
 
-def _pre_threads():
-    for i, a in enumerate(sys.argv):
-        if a == "--threads" and i + 1 < len(sys.argv):
-            return sys.argv[i + 1]
-        if a.startswith("--threads="):
-            return a.split("=", 1)[1]
-    return str(os.cpu_count() or 1)
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from thread_env import set_thread_env  # noqa: E402
 
 # thread pools of OpenBLAS / rayon / numba read these at load or first use
-for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS",
-           "NUMBA_NUM_THREADS"):
-    os.environ[_v] = _pre_threads()
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+set_thread_env(sys.argv, extra=("RAYON_NUM_THREADS", "NUMBA_NUM_THREADS"))
 
 import argparse  # noqa: E402
 

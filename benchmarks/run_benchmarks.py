@@ -36,20 +36,12 @@ import os
 import sys
 
 
-def _pre_threads(argv):
-    for i, a in enumerate(argv):
-        if a == "--threads" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--threads="):
-            return a.split("=", 1)[1]
-    return str(os.cpu_count() or 1)
-
-
 if __name__ == "__main__":
-    # OpenBLAS (used by FAISS for exact batch search and k-means) reads its thread count when
-    # it is loaded: set it before numpy / faiss are imported.
-    for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[_v] = _pre_threads(sys.argv)
+    # before numpy / faiss are imported (see thread_env.py)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from thread_env import set_thread_env
+
+    set_thread_env(sys.argv)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
