@@ -6,6 +6,7 @@
 #include <faiss/impl/FaissAssert.h>
 
 #include "blas.h"
+#include "scan/code_dot.h"
 #include "scan/fast_scan_i8.h"
 #include <faiss/impl/IDSelector.h>
 #include <faiss/utils/Heap.h>
@@ -82,76 +83,150 @@ void search_one(
 }
 
 bool fast_scan_eligible(const IndexTurboQuant& index, const IDSelector* sel) {
-    return index.use_fast_scan && !sel && index.tq.nbits == 4 && index.tq.qjl_m == 0 &&
-            tq_kernels::fast_scan_i8_available();
+    // the scalar integer scan serves as the reference of the SIMD one (same results)
+    return index.use_fast_scan && !sel && tq_kernels::fast_scan_i8_supports(index.tq.nbits) &&
+            index.tq.qjl_m == 0 &&
+            (tq_kernels::fast_scan_i8_simd() || tq_kernels::simd_level() == 0);
 }
 
-/* 4-bit fast path (see use_fast_scan) for a group of 1..4 queries: integer candidate
- * scores for every code (each code unpacked once for the whole group), a heap of
- * max(2k, k + 16) candidates per query, then exact float re-scoring of the candidates. */
+/// the k best of the k2 candidates by the float kernel (the distances returned)
 template <class C>
-void search_fast_group(
+void rescore_candidates(
         const IndexTurboQuant& index,
-        const TurboQuantizer::Query* queries,
-        int nq,
+        const TurboQuantizer::Query& query,
+        idx_t k2,
+        const idx_t* cids,
+        idx_t k,
+        float* dis,
+        idx_t* ids) {
+    const bool l2 = index.metric_type == METRIC_L2;
+    heap_heapify<C>(k, dis, ids);
+    for (idx_t c = 0; c < k2; c++) {
+        if (cids[c] < 0) {
+            continue;
+        }
+        float v = index.tq.estimate_distance(
+                query, index.codes.data() + cids[c] * index.code_size, l2);
+        if (C::cmp(dis[0], v)) {
+            heap_replace_top<C>(k, dis, ids, v, cids[c]);
+        }
+    }
+    heap_reorder<C>(k, dis, ids);
+}
+
+/// candidates kept per query by the integer scan before float re-scoring
+idx_t fast_scan_candidates(idx_t k) {
+    return std::max(2 * k, k + 16);
+}
+
+/* Integer fast scan (see use_fast_scan), one query: approximate distances of all codes
+ * by blocks, candidates against the heap top at the block start, kept in a heap of
+ * fast_scan_candidates(k), then re-scored. */
+template <class C>
+void search_fast_one(
+        const IndexTurboQuant& index,
+        const TurboQuantizer::Query& query,
         idx_t k,
         float* dis,
         idx_t* ids) {
     const bool l2 = index.metric_type == METRIC_L2;
     const TurboQuantizer& tq = index.tq;
-    const idx_t k2 = std::max(2 * k, k + 16);
-    const size_t bs = 256;
-    tq_kernels::QueryI8 q8[4];
-    const tq_kernels::QueryI8* qp[4];
-    std::vector<float> cdis(4 * k2), buf(4 * bs);
-    std::vector<idx_t> cids(4 * k2);
-    float* outp[4];
-    for (int j = 0; j < 4; j++) {
-        int jj = std::min(j, nq - 1); // pad a short group with its last query
-        if (j < nq) {
-            tq_kernels::prepare_query_i8(
-                    queries[j].qrot.data(), tq.centroid_table.data(), index.d, q8[j]);
-            heap_heapify<C>(k2, cdis.data() + j * k2, cids.data() + j * k2);
-        }
-        qp[j] = &q8[jj];
-        outp[j] = buf.data() + j * bs;
-    }
-    const uint8_t* codes = index.codes.data();
+    const idx_t k2 = fast_scan_candidates(k);
+    const size_t bs = 1024;
+    tq_kernels::QueryI8 q8;
+    tq_kernels::prepare_query_i8(
+            query.qrot.data(), tq.centroid_table.data(), index.d, tq.nbits, query.qnorm2, q8);
+    std::vector<float> cdis(k2), cand_dis(bs + 16);
+    std::vector<idx_t> cids(k2);
+    std::vector<uint32_t> cand_pos(bs + 16);
+    heap_heapify<C>(k2, cdis.data(), cids.data());
     for (idx_t i0 = 0; i0 < index.ntotal; i0 += bs) {
-        size_t nb = std::min<size_t>(bs, index.ntotal - i0);
-        const uint8_t* block = codes + i0 * index.code_size;
-        if (nq == 1) {
-            tq_kernels::code_dot_many_i8(block, index.code_size, nb, q8[0], index.d, outp[0]);
-        } else {
-            tq_kernels::code_dot_many_i8_x4(block, index.code_size, nb, qp, index.d, outp);
+        const size_t nb = std::min<size_t>(bs, index.ntotal - i0);
+        const size_t nc = tq_kernels::scan_i8(
+                index.codes.data() + i0 * index.code_size, index.code_size, nb,
+                tq.factors_offset(), q8, l2, cdis[0], cand_dis.data(), cand_pos.data());
+        for (size_t c = 0; c < nc; c++) {
+            if (C::cmp(cdis[0], cand_dis[c])) {
+                heap_replace_top<C>(k2, cdis.data(), cids.data(), cand_dis[c], i0 + cand_pos[c]);
+            }
         }
-        for (int j = 0; j < nq; j++) {
-            float* b = outp[j];
-            tq.finish_distances(queries[j], block, nb, l2, b);
-            float* hd = cdis.data() + j * k2;
-            idx_t* hi = cids.data() + j * k2;
-            for (size_t v = 0; v < nb; v++) {
-                if (C::cmp(hd[0], b[v])) {
-                    heap_replace_top<C>(k2, hd, hi, b[v], i0 + v);
+    }
+    rescore_candidates<C>(index, query, k2, cids.data(), k, dis, ids);
+}
+
+/* Integer fast scan for many queries: an integer matrix product. Queries are packed in
+ * panels of 16; each thread takes 64 queries, unpacks blocks of 32 codes to 8-bit
+ * centroids once for all of them (decode_i8) and multiplies the block into the panels
+ * (scan_panels_i8). The candidates and the estimator are those of search_fast_one, so a
+ * query gets the same results alone or in a batch. */
+template <class C>
+void search_fast_batch(
+        const IndexTurboQuant& index,
+        idx_t n,
+        const float* x,
+        idx_t k,
+        float* distances,
+        idx_t* labels) {
+    const bool l2 = index.metric_type == METRIC_L2;
+    const TurboQuantizer& tq = index.tq;
+    const idx_t k2 = fast_scan_candidates(k);
+    std::vector<TurboQuantizer::Query> queries(n);
+    std::vector<tq_kernels::QueryI8> q8(n);
+    std::vector<const tq_kernels::QueryI8*> qp(n);
+#pragma omp parallel for
+    for (idx_t q = 0; q < n; q++) {
+        tq.prepare_query(x + q * index.d, queries[q]);
+        tq_kernels::prepare_query_i8(
+                queries[q].qrot.data(), tq.centroid_table.data(), index.d, tq.nbits,
+                queries[q].qnorm2, q8[q]);
+        qp[q] = &q8[q];
+    }
+    tq_kernels::PanelsI8 panels;
+    tq_kernels::pack_panels_i8(qp.data(), n, panels);
+    const size_t L = panels.row_length, nb_max = 32, chunk = 64;
+    const idx_t nchunks = (n + chunk - 1) / chunk;
+    std::vector<float> cdis(n * k2);
+    std::vector<idx_t> cids(n * k2);
+#pragma omp parallel
+    {
+        std::vector<uint8_t> rows(nb_max * L);
+        std::vector<float> ipf(nb_max), norm(nb_max), thr(panels.npanels * 16);
+        std::vector<tq_kernels::CandidateI8> cands(nb_max * chunk);
+#pragma omp for schedule(dynamic)
+        for (idx_t c = 0; c < nchunks; c++) {
+            const idx_t q0 = c * chunk, q1 = std::min<idx_t>(n, q0 + chunk);
+            for (idx_t q = q0; q < q1; q++) {
+                heap_heapify<C>(k2, cdis.data() + q * k2, cids.data() + q * k2);
+                thr[q] = cdis[q * k2];
+            }
+            const size_t panel0 = q0 / 16, npan = (q1 - q0 + 15) / 16;
+            for (idx_t i0 = 0; i0 < index.ntotal; i0 += nb_max) {
+                const size_t nb = std::min<size_t>(nb_max, index.ntotal - i0);
+                const uint8_t* block = index.codes.data() + i0 * index.code_size;
+                tq_kernels::decode_i8(block, index.code_size, nb, q8[0], rows.data());
+                tq_kernels::load_factors(
+                        block, index.code_size, nb, tq.factors_offset(), ipf.data(),
+                        norm.data());
+                const size_t nc = tq_kernels::scan_panels_i8(
+                        rows.data(), ipf.data(), norm.data(), nb, panels, panel0, npan, l2,
+                        thr.data(), cands.data());
+                for (size_t j = 0; j < nc; j++) {
+                    const tq_kernels::CandidateI8& cd = cands[j];
+                    float* hd = cdis.data() + cd.query * k2;
+                    if (C::cmp(hd[0], cd.dis)) {
+                        heap_replace_top<C>(
+                                k2, hd, cids.data() + cd.query * k2, cd.dis, i0 + cd.pos);
+                        thr[cd.query] = hd[0];
+                    }
                 }
             }
         }
     }
-    for (int j = 0; j < nq; j++) {
-        float* dj = dis + j * k;
-        idx_t* ij = ids + j * k;
-        heap_heapify<C>(k, dj, ij);
-        for (idx_t c = 0; c < k2; c++) {
-            idx_t id = cids[j * k2 + c];
-            if (id < 0) {
-                continue;
-            }
-            float v = tq.estimate_distance(queries[j], codes + id * index.code_size, l2);
-            if (C::cmp(dj[0], v)) {
-                heap_replace_top<C>(k, dj, ij, v, id);
-            }
-        }
-        heap_reorder<C>(k, dj, ij);
+#pragma omp parallel for
+    for (idx_t q = 0; q < n; q++) {
+        rescore_candidates<C>(
+                index, queries[q], k2, cids.data() + q * k2, k, distances + q * k,
+                labels + q * k);
     }
 }
 
@@ -302,17 +377,14 @@ void search_impl(
         const IDSelector* sel) {
     const TurboQuantizer& tq = index.tq;
     const size_t d = index.d;
-    if (fast_scan_eligible(index, sel)) { // 4-bit integer scan, queries by groups of 4
-        const idx_t ngroups = (n + 3) / 4;
-#pragma omp parallel for if (ngroups > 1) schedule(dynamic)
-        for (idx_t g = 0; g < ngroups; g++) {
-            const idx_t q0 = g * 4;
-            const int nq = int(std::min<idx_t>(4, n - q0));
-            TurboQuantizer::Query queries[4];
-            for (int j = 0; j < nq; j++) {
-                tq.prepare_query(x + (q0 + j) * d, queries[j]);
-            }
-            search_fast_group<C>(index, queries, nq, k, distances + q0 * k, labels + q0 * k);
+    if (fast_scan_eligible(index, sel) && n >= 16) { // integer matrix product
+        search_fast_batch<C>(index, n, x, k, distances, labels);
+    } else if (fast_scan_eligible(index, sel)) { // integer scan, one query per thread
+#pragma omp parallel for if (n > 1)
+        for (idx_t q = 0; q < n; q++) {
+            TurboQuantizer::Query query;
+            tq.prepare_query(x + q * d, query);
+            search_fast_one<C>(index, query, k, distances + q * k, labels + q * k);
         }
     } else if (n >= index.batch_search_threshold) { // decode blocks once, BLAS product
         search_batch_blas<C>(index, n, x, k, distances, labels, sel);

@@ -45,10 +45,11 @@ def test_simd_levels_bit_identical(d, nbits, qjl):
         np.testing.assert_array_equal(results[0], r, err_msg="SIMD level %d differs" % lvl)
 
 
+@pytest.mark.parametrize("nbits", [1, 2, 4])
 @pytest.mark.parametrize("metric", [faiss.METRIC_INNER_PRODUCT, faiss.METRIC_L2])
-def test_fast_scan_matches_float_path(real, metric):
+def test_fast_scan_matches_float_path(real, metric, nbits):
     xb, xq = real
-    idx = ft.IndexTurboQuant(xb.shape[1], 4, 0, metric)
+    idx = ft.IndexTurboQuant(xb.shape[1], nbits, 0, metric)
     idx.add(xb)
     idx.use_fast_scan = True
     D1, I1 = idx.search(xq, 10)
@@ -110,15 +111,38 @@ def test_shape_checked_even_under_python_O(cls):
     assert out.stdout.split() == ["ok", "search", "ok", "add", "ok", "range_search"]
 
 
-@pytest.mark.parametrize("nq", [1, 3, 4, 9])
-def test_fast_scan_groups_equal_single_queries(real, nq):
-    """Queries scanned in groups of 4 (codes unpacked once per group) give exactly the
-    results of one-by-one scans: the integer scores do not depend on the grouping."""
+@pytest.mark.parametrize("nq", [1, 3, 16, 17, 70])
+@pytest.mark.parametrize("nbits", [1, 2, 4])
+def test_fast_scan_groups_equal_single_queries(real, nq, nbits):
+    """A batch (from 16 queries: the integer matrix product over panels of 16 queries)
+    gives exactly the results of one-by-one scans: the integer sums and the estimator do
+    not depend on the grouping."""
     xb, xq = real
-    idx = ft.IndexTurboQuant(xb.shape[1], 4, 0, faiss.METRIC_L2)
-    idx.add(xb)
+    idx = ft.IndexTurboQuant(xb.shape[1], nbits, 0, faiss.METRIC_L2)
+    idx.add(xb[:1003])  # not a multiple of any block size
     D, I = idx.search(xq[:nq], 7)
     for j in range(nq):
         Dj, Ij = idx.search(xq[j:j + 1], 7)
         np.testing.assert_array_equal(Ij[0], I[j])
         np.testing.assert_array_equal(Dj[0], D[j])
+
+
+@pytest.mark.parametrize("d", [384, 130, 37, 8, 1])
+@pytest.mark.parametrize("nbits", [1, 2, 4])
+@pytest.mark.parametrize("metric", [faiss.METRIC_INNER_PRODUCT, faiss.METRIC_L2])
+@pytest.mark.parametrize("nq", [1, 21])
+def test_fast_scan_scalar_reference_identical(d, nbits, metric, nq):
+    """The portable integer scan (SIMD level scalar) and the AVX-512 VNNI one return the
+    same ids and the same distances, single queries and batches, for any d (partial
+    64-byte groups) and any number of codes (partial blocks)."""
+    rng = np.random.default_rng(d + nbits)
+    xb = rng.standard_normal((531, d)).astype("float32")
+    xq = rng.standard_normal((nq, d)).astype("float32")
+    idx = ft.IndexTurboQuant(d, nbits, 0, metric)
+    idx.add(xb)
+    out = []
+    for level in (0, 2):
+        sw.tq_set_simd_level(level)
+        out.append(idx.search(xq, 12))
+    np.testing.assert_array_equal(out[0][1], out[1][1])
+    np.testing.assert_array_equal(out[0][0], out[1][0])

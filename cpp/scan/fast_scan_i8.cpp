@@ -13,199 +13,584 @@
 namespace faiss {
 namespace tq_kernels {
 
-bool fast_scan_i8_available() {
+namespace {
+
 #if defined(__x86_64__)
-    static const bool has_vnni = [] {
-        __builtin_cpu_init();
-        return bool(__builtin_cpu_supports("avx512vnni"));
-    }();
-    return simd_level() >= 2 && has_vnni;
+bool cpu_has(const char* what) {
+    __builtin_cpu_init();
+    if (std::strcmp(what, "vnni") == 0) {
+        return __builtin_cpu_supports("avx512vnni");
+    }
+    return __builtin_cpu_supports("avx512vbmi");
+}
+const bool kHasVnni = cpu_has("vnni");
+const bool kHasVbmi = cpu_has("vbmi");
+#endif
+
+} // namespace
+
+bool fast_scan_i8_simd() {
+#if defined(__x86_64__)
+    return simd_level() >= 2 && kHasVnni;
 #else
     return false;
 #endif
 }
 
-void prepare_query_i8(const float* qrot, const float* centroids16, size_t d, QueryI8& out) {
+void prepare_query_i8(
+        const float* qrot,
+        const float* centroids,
+        size_t d,
+        int nbits,
+        float qnorm2,
+        QueryI8& out) {
+    const int cpb = 8 / nbits, ncen = 1 << nbits;
     float qmax = 0, cmax = 0;
     for (size_t i = 0; i < d; i++) {
         qmax = std::max(qmax, std::fabs(qrot[i]));
     }
-    for (int j = 0; j < 16; j++) {
-        cmax = std::max(cmax, std::fabs(centroids16[j]));
+    for (int j = 0; j < ncen; j++) {
+        cmax = std::max(cmax, std::fabs(centroids[j]));
     }
     const float qscale = qmax > 0 ? 127.0f / qmax : 0.0f;
     const float cscale = cmax > 0 ? 127.0f / cmax : 0.0f;
-    for (int j = 0; j < 16; j++) {
-        out.table[j] = uint8_t(int(std::lrint(centroids16[j] * cscale)) + 128);
+    for (int e = 0; e < 64; e++) {
+        out.table[e] = uint8_t(int(std::lrint(centroids[e % ncen] * cscale)) + 128);
     }
-    out.q8.assign(d, 0);
+    out.nbits = nbits;
+    out.code_bytes = (d * nbits + 7) / 8;
+    out.ngroups = (out.code_bytes + 63) / 64;
+    out.q8.assign(out.row_length(), 0);
     int32_t sum = 0;
-    const size_t full = d / 64 * 64;
     for (size_t i = 0; i < d; i++) {
-        int8_t v = int8_t(std::lrint(qrot[i] * qscale));
+        const int8_t v = int8_t(std::lrint(qrot[i] * qscale));
         sum += v;
-        size_t pos = i;
-        if (i < full) { // nibble order inside the group of 64
-            size_t g = i / 64 * 64, r = i % 64;
-            pos = g + (r % 2 == 0 ? r / 2 : 32 + r / 2);
-        }
-        out.q8[pos] = v;
+        const size_t byte = i / cpb, s = i % cpb;
+        out.q8[(byte / 64 * cpb + s) * 64 + byte % 64] = v;
     }
     out.bias = 128 * sum;
     out.inv_scale = qscale > 0 && cscale > 0 ? 1.0f / (qscale * cscale) : 0.0f;
+    out.qnorm2 = qnorm2;
 }
 
-namespace {
-
-// exact integer dot of the coordinates from `from` to d (natural order)
-int32_t dot_tail(const uint8_t* code, const QueryI8& q, size_t from, size_t d) {
+int32_t dot_sum_i8(const uint8_t* code, const QueryI8& q) {
+    const int cpb = 8 / q.nbits, mask = (1 << q.nbits) - 1;
     int32_t acc = 0;
-    for (size_t i = from; i < d; i++) {
-        uint8_t byte = code[i / 2];
-        int c = i % 2 == 0 ? (byte & 15) : (byte >> 4);
-        acc += int32_t(q.table[c]) * q.q8[i];
+    for (size_t b = 0; b < q.code_bytes; b++) {
+        const int8_t* qs = q.q8.data() + (b / 64 * cpb) * 64 + b % 64;
+        for (int s = 0; s < cpb; s++) {
+            acc += int32_t(q.table[(code[b] >> (s * q.nbits)) & mask]) * qs[s * 64];
+        }
     }
     return acc;
 }
 
-void code_dot_many_i8_scalar(
+void pack_panels_i8(const QueryI8* const* q, size_t nq, PanelsI8& out) {
+    const size_t L = nq ? q[0]->row_length() : 0;
+    out.nq = nq;
+    out.npanels = (nq + 15) / 16;
+    out.row_length = L;
+    out.b.assign(out.npanels * L * 16, 0);
+    out.bias.assign(out.npanels * 16, 0);
+    out.inv.assign(out.npanels * 16, 0.0f);
+    out.qnorm2.assign(out.npanels * 16, 0.0f);
+    for (size_t j = 0; j < nq; j++) {
+        const size_t panel = j / 16, lane = j % 16;
+        int8_t* b = out.b.data() + panel * L * 16;
+        for (size_t t = 0; t < L / 4; t++) {
+            std::memcpy(b + (t * 16 + lane) * 4, q[j]->q8.data() + 4 * t, 4);
+        }
+        out.bias[j] = q[j]->bias;
+        out.inv[j] = q[j]->inv_scale;
+        out.qnorm2[j] = q[j]->qnorm2;
+    }
+}
+
+namespace {
+
+void load_factors_scalar(
         const uint8_t* codes,
         size_t stride,
         size_t n,
+        size_t offset,
+        float* ipf,
+        float* norm) {
+    for (size_t v = 0; v < n; v++) {
+        std::memcpy(norm + v, codes + v * stride + offset, 4);
+        std::memcpy(ipf + v, codes + v * stride + offset + 4, 4);
+    }
+}
+
+size_t scan_i8_scalar(
+        const uint8_t* codes,
+        size_t stride,
+        size_t n,
+        size_t foff,
         const QueryI8& q,
-        size_t d,
-        float* out) {
-    const size_t full = d / 64 * 64;
+        bool l2,
+        float threshold,
+        float* dis_out,
+        uint32_t* pos_out) {
+    size_t cnt = 0;
+    float ipf, norm;
     for (size_t v = 0; v < n; v++) {
         const uint8_t* code = codes + v * stride;
-        int32_t acc = 0;
-        for (size_t g = 0; g < full; g += 64) {
-            const uint8_t* b = code + g / 2;
-            const int8_t* qg = q.q8.data() + g;
-            for (int j = 0; j < 32; j++) {
-                acc += int32_t(q.table[b[j] & 15]) * qg[j];
-                acc += int32_t(q.table[b[j] >> 4]) * qg[32 + j];
+        load_factors_scalar(code, stride, 1, foff, &ipf, &norm);
+        const float dis = approx_distance(dot_sum_i8(code, q), q, ipf, norm, l2);
+        if (l2 ? dis < threshold : dis > threshold) {
+            dis_out[cnt] = dis;
+            pos_out[cnt++] = uint32_t(v);
+        }
+    }
+    return cnt;
+}
+
+void decode_scalar(const uint8_t* codes, size_t stride, size_t n, const QueryI8& q, uint8_t* rows) {
+    const int cpb = 8 / q.nbits, mask = (1 << q.nbits) - 1;
+    const size_t L = q.row_length();
+    for (size_t v = 0; v < n; v++) {
+        uint8_t* row = rows + v * L;
+        for (size_t b = 0; b < q.ngroups * 64; b++) {
+            const int byte = b < q.code_bytes ? codes[v * stride + b] : 0;
+            for (int s = 0; s < cpb; s++) {
+                row[(b / 64 * cpb + s) * 64 + b % 64] = q.table[(byte >> (s * q.nbits)) & mask];
             }
         }
-        acc += dot_tail(code, q, full, d);
-        out[v] = float(acc - q.bias) * q.inv_scale;
     }
+}
+
+size_t scan_panels_scalar(
+        const uint8_t* rows,
+        const float* ipf,
+        const float* norm,
+        size_t n,
+        const PanelsI8& p,
+        size_t panel0,
+        size_t npan,
+        bool l2,
+        const float* thresholds,
+        CandidateI8* out) {
+    const size_t L = p.row_length;
+    size_t cnt = 0;
+    for (size_t v = 0; v < n; v++) {
+        for (size_t j = panel0 * 16; j < std::min(p.nq, (panel0 + npan) * 16); j++) {
+            const int8_t* b = p.b.data() + (j / 16) * L * 16 + (j % 16) * 4;
+            int32_t sum = 0;
+            for (size_t t = 0; t < L / 4; t++) {
+                for (int e = 0; e < 4; e++) {
+                    sum += int32_t(rows[v * L + 4 * t + e]) * b[t * 64 + e];
+                }
+            }
+            const float dot = float(sum - p.bias[j]) * p.inv[j];
+            const float ip = ipf[v] * dot;
+            const float dis = l2 ? (p.qnorm2[j] + norm[v] * norm[v]) - 2 * ip : ip;
+            if (l2 ? dis < thresholds[j] : dis > thresholds[j]) {
+                out[cnt++] = CandidateI8{uint32_t(j), uint32_t(v), dis};
+            }
+        }
+    }
+    return cnt;
 }
 
 #if defined(__x86_64__)
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void code_dot_many_i8_vnni(
+#define TQ_AVX512_VNNI \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,popcnt")))
+
+// 16 named accumulators: GCC keeps an array of 16 zmm accumulators on the stack, which
+// serialises the scan on store-to-load forwarding
+#define TQ_FOR_ACC16(X) \
+    X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15)
+
+/* Horizontal sums of 16 accumulators of 16 int32 lanes: lane i of the result is the sum
+ * of acc[i]. Pairs are folded with unpacks inside 128-bit lanes, then the four 128-bit
+ * lanes with cross-lane shuffles (45 operations for 16 sums). */
+TQ_AVX512_VNNI inline __m512i reduce16(const __m512i* acc) {
+    __m512i r[8], s[4];
+    for (int i = 0; i < 8; i++) { // [a0+a2, b0+b2, a1+a3, b1+b3] per 128-bit lane
+        r[i] = _mm512_add_epi32(
+                _mm512_unpacklo_epi32(acc[2 * i], acc[2 * i + 1]),
+                _mm512_unpackhi_epi32(acc[2 * i], acc[2 * i + 1]));
+    }
+    for (int i = 0; i < 4; i++) { // [a, b, c, d] partial sums per 128-bit lane
+        s[i] = _mm512_add_epi32(
+                _mm512_unpacklo_epi64(r[2 * i], r[2 * i + 1]),
+                _mm512_unpackhi_epi64(r[2 * i], r[2 * i + 1]));
+    }
+    __m512i t0 = _mm512_add_epi32(
+            _mm512_shuffle_i32x4(s[0], s[1], 0x88), _mm512_shuffle_i32x4(s[0], s[1], 0xDD));
+    __m512i t1 = _mm512_add_epi32(
+            _mm512_shuffle_i32x4(s[2], s[3], 0x88), _mm512_shuffle_i32x4(s[2], s[3], 0xDD));
+    return _mm512_add_epi32(
+            _mm512_shuffle_i32x4(t0, t1, 0x88), _mm512_shuffle_i32x4(t0, t1, 0xDD));
+}
+
+/// the 8-bit centroids of code stream s of 64 code bytes x
+template <int NBITS, bool VBMI>
+TQ_AVX512_VNNI inline __m512i stream_values(__m512i x, int s, __m512i table) {
+    const __m512i idx = s == 0 ? x : _mm512_srli_epi16(x, s * NBITS);
+    if (VBMI) { // the 64-entry table repeats every 2^NBITS entries: no masking needed
+        return _mm512_permutexvar_epi8(idx, table);
+    }
+    return _mm512_shuffle_epi8(table, _mm512_and_si512(idx, _mm512_set1_epi8((1 << NBITS) - 1)));
+}
+
+/* Raw sums of 16 consecutive codes for one query (lane v = code v). Each 64-byte group of
+ * a code is loaded once, each code stream becomes 8-bit centroids with one byte permute,
+ * multiplied into the query with vpdpbusd; the 16 horizontal sums are folded at the end.
+ * The lines of the next 16 codes are prefetched on the way: 16 interleaved streams are
+ * more than the hardware prefetchers follow, and the scan runs from L3 at several times
+ * DRAM speed when they are ahead. */
+template <int NBITS, bool VBMI>
+TQ_AVX512_VNNI inline __m512i sums16(
+        const uint8_t* codes,
+        size_t stride,
+        const QueryI8& q,
+        const __m512i table) {
+    constexpr int CPB = 8 / NBITS;
+    const size_t ngroups = q.ngroups, code_bytes = q.code_bytes;
+    const uint8_t* next = codes + 16 * stride;
+#define TQ_ZERO(i) __m512i a##i = _mm512_setzero_si512();
+    TQ_FOR_ACC16(TQ_ZERO)
+#undef TQ_ZERO
+    for (size_t g = 0; g < ngroups; g++) {
+        const size_t off = g * 64;
+        const __mmask64 m =
+                off + 64 <= code_bytes ? ~__mmask64(0) : (__mmask64(1) << (code_bytes - off)) - 1;
+        const int8_t* qs = q.q8.data() + g * CPB * 64;
+#define TQ_STEP(i)                                                                      \
+    {                                                                                   \
+        _mm_prefetch((const char*)(next + i * stride + off), _MM_HINT_T0);              \
+        const __m512i x = _mm512_maskz_loadu_epi8(m, codes + i * stride + off);         \
+        for (int s = 0; s < CPB; s++) {                                                 \
+            a##i = _mm512_dpbusd_epi32(                                                 \
+                    a##i,                                                               \
+                    stream_values<NBITS, VBMI>(x, s, table),                            \
+                    _mm512_loadu_si512(qs + s * 64));                                   \
+        }                                                                               \
+    }
+        TQ_FOR_ACC16(TQ_STEP)
+#undef TQ_STEP
+    }
+#define TQ_TAIL(i) _mm_prefetch((const char*)(next + i * stride + stride - 1), _MM_HINT_T0);
+    TQ_FOR_ACC16(TQ_TAIL)
+#undef TQ_TAIL
+#define TQ_LIST(i) a##i,
+    const __m512i acc[16] = {TQ_FOR_ACC16(TQ_LIST)};
+#undef TQ_LIST
+    return reduce16(acc);
+}
+
+/// (norm, ipf) of 16 codes: 8-byte loads paired per 128-bit lane, then one two-source
+/// permute per output (AMD's gathers are several times slower)
+TQ_AVX512_VNNI inline void factors16(
+        const uint8_t* base,
+        size_t stride,
+        __m512* norm,
+        __m512* ipf) {
+    __m128i p[8];
+    for (int i = 0; i < 8; i++) {
+        p[i] = _mm_castpd_si128(_mm_loadh_pd(
+                _mm_castsi128_pd(_mm_loadl_epi64((const __m128i*)(base + 2 * i * stride))),
+                (const double*)(base + (2 * i + 1) * stride)));
+    }
+    __m512i lo = _mm512_castsi128_si512(p[0]), hi = _mm512_castsi128_si512(p[4]);
+    lo = _mm512_inserti32x4(lo, p[1], 1);
+    hi = _mm512_inserti32x4(hi, p[5], 1);
+    lo = _mm512_inserti32x4(lo, p[2], 2);
+    hi = _mm512_inserti32x4(hi, p[6], 2);
+    lo = _mm512_inserti32x4(lo, p[3], 3);
+    hi = _mm512_inserti32x4(hi, p[7], 3);
+    const __m512i even =
+            _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    *norm = _mm512_castsi512_ps(_mm512_permutex2var_epi32(lo, even, hi));
+    *ipf = _mm512_castsi512_ps(
+            _mm512_permutex2var_epi32(lo, _mm512_add_epi32(even, _mm512_set1_epi32(1)), hi));
+}
+
+/// approx_distance on 16 lanes (same operations, same order)
+TQ_AVX512_VNNI inline __m512 approx_distance16(
+        __m512i sum,
+        __m512i bias,
+        __m512 inv,
+        __m512 ipf,
+        __m512 norm,
+        __m512 qnorm2,
+        bool l2) {
+    const __m512 dot = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(sum, bias)), inv);
+    const __m512 ip = _mm512_mul_ps(ipf, dot);
+    if (!l2) {
+        return ip;
+    }
+    return _mm512_sub_ps(
+            _mm512_add_ps(qnorm2, _mm512_mul_ps(norm, norm)),
+            _mm512_mul_ps(_mm512_set1_ps(2.0f), ip));
+}
+
+TQ_AVX512_VNNI inline __mmask16 beats16(__m512 dis, __m512 thr, bool l2) {
+    return l2 ? _mm512_cmp_ps_mask(dis, thr, _CMP_LT_OQ) : _mm512_cmp_ps_mask(dis, thr, _CMP_GT_OQ);
+}
+
+template <int NBITS, bool VBMI>
+TQ_AVX512_VNNI size_t scan_i8_avx512(
+        const uint8_t* codes,
+        size_t stride,
+        size_t n,
+        size_t foff,
+        const QueryI8& q,
+        bool l2,
+        float threshold,
+        float* dis_out,
+        uint32_t* pos_out) {
+    const __m512i table = _mm512_loadu_si512(q.table);
+    const __m512i bias = _mm512_set1_epi32(q.bias);
+    const __m512 inv = _mm512_set1_ps(q.inv_scale), qn2 = _mm512_set1_ps(q.qnorm2);
+    const __m512 thr = _mm512_set1_ps(threshold);
+    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    size_t cnt = 0, v = 0;
+    for (; v + 16 <= n; v += 16) {
+        const uint8_t* block = codes + v * stride;
+        const __m512i sum = sums16<NBITS, VBMI>(block, stride, q, table);
+        __m512 norm, ipf;
+        factors16(block + foff, stride, &norm, &ipf);
+        const __m512 dis = approx_distance16(sum, bias, inv, ipf, norm, qn2, l2);
+        const __mmask16 m = beats16(dis, thr, l2);
+        if (m) { // rare once the heap is warm: compress in registers, masked stores
+            const __mmask16 head = __mmask16((1u << __builtin_popcount(m)) - 1);
+            _mm512_mask_storeu_ps(dis_out + cnt, head, _mm512_maskz_compress_ps(m, dis));
+            _mm512_mask_storeu_epi32(
+                    pos_out + cnt,
+                    head,
+                    _mm512_maskz_compress_epi32(m, _mm512_add_epi32(iota, _mm512_set1_epi32(int(v)))));
+            cnt += __builtin_popcount(m);
+        }
+    }
+    const size_t c = scan_i8_scalar(
+            codes + v * stride, stride, n - v, foff, q, l2, threshold, dis_out + cnt, pos_out + cnt);
+    for (size_t i = cnt; i < cnt + c; i++) {
+        pos_out[i] += uint32_t(v);
+    }
+    return cnt + c;
+}
+
+template <int NBITS, bool VBMI>
+TQ_AVX512_VNNI void decode_avx512(
         const uint8_t* codes,
         size_t stride,
         size_t n,
         const QueryI8& q,
-        size_t d,
-        float* out) {
-    const size_t full = d / 64 * 64;
-    const __m512i table = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i*)q.table));
-    const __m256i low4 = _mm256_set1_epi8(15);
-    size_t v = 0;
-    for (; v + 2 <= n; v += 2) { // two codes in flight
-        const uint8_t* c0 = codes + v * stride;
-        const uint8_t* c1 = c0 + stride;
-        __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();
-        for (size_t g = 0; g < full; g += 64) {
-            __m512i qv = _mm512_loadu_si512(q.q8.data() + g);
-            __m256i x0 = _mm256_loadu_si256((const __m256i*)(c0 + g / 2));
-            __m256i x1 = _mm256_loadu_si256((const __m256i*)(c1 + g / 2));
-            __m512i n0 = _mm512_inserti64x4(
-                    _mm512_zextsi256_si512(_mm256_and_si256(x0, low4)),
-                    _mm256_and_si256(_mm256_srli_epi16(x0, 4), low4),
-                    1);
-            __m512i n1 = _mm512_inserti64x4(
-                    _mm512_zextsi256_si512(_mm256_and_si256(x1, low4)),
-                    _mm256_and_si256(_mm256_srli_epi16(x1, 4), low4),
-                    1);
-            a0 = _mm512_dpbusd_epi32(a0, _mm512_shuffle_epi8(table, n0), qv);
-            a1 = _mm512_dpbusd_epi32(a1, _mm512_shuffle_epi8(table, n1), qv);
+        uint8_t* rows) {
+    constexpr int CPB = 8 / NBITS;
+    const __m512i table = _mm512_loadu_si512(q.table);
+    const size_t L = q.row_length();
+    for (size_t v = 0; v < n; v++) {
+        for (size_t g = 0; g < q.ngroups; g++) {
+            const size_t off = g * 64;
+            const __mmask64 m = off + 64 <= q.code_bytes
+                    ? ~__mmask64(0)
+                    : (__mmask64(1) << (q.code_bytes - off)) - 1;
+            const __m512i x = _mm512_maskz_loadu_epi8(m, codes + v * stride + off);
+            uint8_t* out = rows + v * L + g * CPB * 64;
+            for (int s = 0; s < CPB; s++) {
+                _mm512_storeu_si512(out + s * 64, stream_values<NBITS, VBMI>(x, s, table));
+            }
         }
-        int32_t s0 = _mm512_reduce_add_epi32(a0) + dot_tail(c0, q, full, d);
-        int32_t s1 = _mm512_reduce_add_epi32(a1) + dot_tail(c1, q, full, d);
-        out[v] = float(s0 - q.bias) * q.inv_scale;
-        out[v + 1] = float(s1 - q.bias) * q.inv_scale;
-    }
-    if (v < n) {
-        code_dot_many_i8_scalar(codes + v * stride, stride, n - v, q, d, out + v);
     }
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void code_dot_many_i8_x4_vnni(
+/* 8 rows x NP panels of 16 queries: accumulator i holds row i / NP against panel i % NP,
+ * one lane per query; 4 centroid bytes of a row are broadcast and multiplied into a
+ * whole panel by one vpdpbusd, so no horizontal sums are needed. */
+template <int NP>
+TQ_AVX512_VNNI size_t panels_tile(
+        const uint8_t* rows,
+        const float* ipf,
+        const float* norm,
+        const PanelsI8& p,
+        size_t panel,
+        bool l2,
+        const float* thresholds,
+        uint32_t pos0,
+        CandidateI8* out) {
+    const size_t L = p.row_length;
+    const int8_t* b0 = p.b.data() + panel * L * 16;
+    const int8_t* b1 = NP > 1 ? b0 + L * 16 : b0;
+#define TQ_ZERO(i) __m512i a##i = _mm512_setzero_si512();
+    TQ_FOR_ACC16(TQ_ZERO)
+#undef TQ_ZERO
+    for (size_t t = 0; t < L / 4; t++) {
+        const __m512i p0 = _mm512_loadu_si512(b0 + t * 64);
+        const __m512i p1 = _mm512_loadu_si512(b1 + t * 64);
+#define TQ_STEP(i)                                                                       \
+    if (i < 8 * NP) {                                                                    \
+        int32_t w;                                                                       \
+        std::memcpy(&w, rows + (i / NP) * L + 4 * t, 4);                                 \
+        a##i = _mm512_dpbusd_epi32(a##i, _mm512_set1_epi32(w), i % NP == 0 ? p0 : p1);   \
+    }
+        TQ_FOR_ACC16(TQ_STEP)
+#undef TQ_STEP
+    }
+    size_t cnt = 0;
+    for (int pp = 0; pp < NP; pp++) {
+        const size_t lane0 = (panel + pp) * 16;
+        const __m512i bias = _mm512_loadu_si512(p.bias.data() + lane0);
+        const __m512 inv = _mm512_loadu_ps(p.inv.data() + lane0);
+        const __m512 qn2 = _mm512_loadu_ps(p.qnorm2.data() + lane0);
+        const __m512 thr = _mm512_loadu_ps(thresholds + lane0);
+        const __mmask16 valid = lane0 + 16 <= p.nq ? __mmask16(0xFFFF)
+                                                   : __mmask16((1u << (p.nq - lane0)) - 1);
+#define TQ_EPI(i)                                                                          \
+    if (i < 8 * NP && i % NP == pp) {                                                      \
+        const int v = i / NP;                                                              \
+        const __m512 dis = approx_distance16(                                              \
+                a##i, bias, inv, _mm512_set1_ps(ipf[v]), _mm512_set1_ps(norm[v]), qn2, l2); \
+        __mmask16 m = beats16(dis, thr, l2) & valid;                                       \
+        if (m) {                                                                           \
+            alignas(64) float d16[16];                                                     \
+            _mm512_store_ps(d16, dis);                                                     \
+            for (; m; m &= m - 1) {                                                        \
+                const int lane = __builtin_ctz(m);                                         \
+                out[cnt++] = CandidateI8{uint32_t(lane0 + lane), pos0 + v, d16[lane]};      \
+            }                                                                              \
+        }                                                                                  \
+    }
+        TQ_FOR_ACC16(TQ_EPI)
+#undef TQ_EPI
+    }
+    return cnt;
+}
+
+size_t scan_panels_avx512(
+        const uint8_t* rows,
+        const float* ipf,
+        const float* norm,
+        size_t n,
+        const PanelsI8& p,
+        size_t panel0,
+        size_t npan,
+        bool l2,
+        const float* thresholds,
+        CandidateI8* out) {
+    const size_t L = p.row_length;
+    size_t cnt = 0, v = 0;
+    for (; v + 8 <= n; v += 8) {
+        size_t pan = panel0;
+        for (; pan + 2 <= panel0 + npan; pan += 2) {
+            cnt += panels_tile<2>(rows + v * L, ipf + v, norm + v, p, pan, l2, thresholds, uint32_t(v), out + cnt);
+        }
+        if (pan < panel0 + npan) {
+            cnt += panels_tile<1>(rows + v * L, ipf + v, norm + v, p, pan, l2, thresholds, uint32_t(v), out + cnt);
+        }
+    }
+    const size_t c = scan_panels_scalar(
+            rows + v * L, ipf + v, norm + v, n - v, p, panel0, npan, l2, thresholds, out + cnt);
+    for (size_t i = cnt; i < cnt + c; i++) {
+        out[i].pos += uint32_t(v);
+    }
+    return cnt + c;
+}
+
+TQ_AVX512_VNNI void load_factors_avx512(
         const uint8_t* codes,
         size_t stride,
         size_t n,
-        const QueryI8* const* q,
-        size_t d,
-        float* const* out) {
-    const size_t full = d / 64 * 64;
-    const __m512i table =
-            _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i*)q[0]->table));
-    const __m256i low4 = _mm256_set1_epi8(15);
-    const int8_t* q0 = q[0]->q8.data();
-    const int8_t* q1 = q[1]->q8.data();
-    const int8_t* q2 = q[2]->q8.data();
-    const int8_t* q3 = q[3]->q8.data();
-    for (size_t v = 0; v < n; v++) {
-        const uint8_t* c = codes + v * stride;
-        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
-        for (size_t g = 0; g < full; g += 64) {
-            __m256i x = _mm256_loadu_si256((const __m256i*)(c + g / 2));
-            __m512i nib = _mm512_inserti64x4(
-                    _mm512_zextsi256_si512(_mm256_and_si256(x, low4)),
-                    _mm256_and_si256(_mm256_srli_epi16(x, 4), low4),
-                    1);
-            __m512i vals = _mm512_shuffle_epi8(table, nib);
-            a0 = _mm512_dpbusd_epi32(a0, vals, _mm512_loadu_si512(q0 + g));
-            a1 = _mm512_dpbusd_epi32(a1, vals, _mm512_loadu_si512(q1 + g));
-            a2 = _mm512_dpbusd_epi32(a2, vals, _mm512_loadu_si512(q2 + g));
-            a3 = _mm512_dpbusd_epi32(a3, vals, _mm512_loadu_si512(q3 + g));
-        }
-        const __m512i acc[4] = {a0, a1, a2, a3};
-        for (int j = 0; j < 4; j++) {
-            int32_t sum = _mm512_reduce_add_epi32(acc[j]) + dot_tail(c, *q[j], full, d);
-            out[j][v] = float(sum - q[j]->bias) * q[j]->inv_scale;
-        }
+        size_t offset,
+        float* ipf,
+        float* norm) {
+    size_t v = 0;
+    for (; v + 16 <= n; v += 16) {
+        __m512 nr, f;
+        factors16(codes + v * stride + offset, stride, &nr, &f);
+        _mm512_storeu_ps(norm + v, nr);
+        _mm512_storeu_ps(ipf + v, f);
     }
+    load_factors_scalar(codes + v * stride, stride, n - v, offset, ipf + v, norm + v);
+}
+
+// the implementations for a bit width, with and without VBMI byte permutes
+typedef size_t (*scan_fn)(
+        const uint8_t*, size_t, size_t, size_t, const QueryI8&, bool, float, float*, uint32_t*);
+typedef void (*decode_fn)(const uint8_t*, size_t, size_t, const QueryI8&, uint8_t*);
+
+template <bool VBMI>
+scan_fn scan_for(int nbits) {
+    return nbits == 1 ? scan_i8_avx512<1, VBMI>
+            : nbits == 2 ? scan_i8_avx512<2, VBMI>
+                         : scan_i8_avx512<4, VBMI>;
+}
+
+template <bool VBMI>
+decode_fn decode_for(int nbits) {
+    return nbits == 1 ? decode_avx512<1, VBMI>
+            : nbits == 2 ? decode_avx512<2, VBMI>
+                         : decode_avx512<4, VBMI>;
 }
 #endif
 
 } // namespace
 
-void code_dot_many_i8_x4(
+size_t scan_i8(
         const uint8_t* codes,
         size_t stride,
         size_t n,
-        const QueryI8* const* q,
-        size_t d,
-        float* const* out) {
+        size_t factors_offset,
+        const QueryI8& q,
+        bool l2,
+        float threshold,
+        float* dis_out,
+        uint32_t* pos_out) {
 #if defined(__x86_64__)
-    if (fast_scan_i8_available()) {
-        code_dot_many_i8_x4_vnni(codes, stride, n, q, d, out);
-        return;
+    if (fast_scan_i8_simd()) {
+        const scan_fn f = kHasVbmi ? scan_for<true>(q.nbits) : scan_for<false>(q.nbits);
+        return f(codes, stride, n, factors_offset, q, l2, threshold, dis_out, pos_out);
     }
 #endif
-    for (int j = 0; j < 4; j++) {
-        code_dot_many_i8_scalar(codes, stride, n, *q[j], d, out[j]);
-    }
+    return scan_i8_scalar(codes, stride, n, factors_offset, q, l2, threshold, dis_out, pos_out);
 }
 
-void code_dot_many_i8(
-        const uint8_t* codes,
-        size_t stride,
-        size_t n,
-        const QueryI8& q,
-        size_t d,
-        float* out) {
+void decode_i8(const uint8_t* codes, size_t stride, size_t n, const QueryI8& q, uint8_t* rows) {
 #if defined(__x86_64__)
-    if (fast_scan_i8_available()) {
-        code_dot_many_i8_vnni(codes, stride, n, q, d, out);
+    if (fast_scan_i8_simd()) {
+        (kHasVbmi ? decode_for<true>(q.nbits) : decode_for<false>(q.nbits))(
+                codes, stride, n, q, rows);
         return;
     }
 #endif
-    code_dot_many_i8_scalar(codes, stride, n, q, d, out);
+    decode_scalar(codes, stride, n, q, rows);
+}
+
+void load_factors(
+        const uint8_t* codes,
+        size_t stride,
+        size_t n,
+        size_t offset,
+        float* ipf,
+        float* norm) {
+#if defined(__x86_64__)
+    if (fast_scan_i8_simd()) {
+        load_factors_avx512(codes, stride, n, offset, ipf, norm);
+        return;
+    }
+#endif
+    load_factors_scalar(codes, stride, n, offset, ipf, norm);
+}
+
+size_t scan_panels_i8(
+        const uint8_t* rows,
+        const float* ipf,
+        const float* norm,
+        size_t n,
+        const PanelsI8& p,
+        size_t panel0,
+        size_t npan,
+        bool l2,
+        const float* thresholds,
+        CandidateI8* out) {
+#if defined(__x86_64__)
+    if (fast_scan_i8_simd()) {
+        return scan_panels_avx512(rows, ipf, norm, n, p, panel0, npan, l2, thresholds, out);
+    }
+#endif
+    return scan_panels_scalar(rows, ipf, norm, n, p, panel0, npan, l2, thresholds, out);
 }
 
 } // namespace tq_kernels

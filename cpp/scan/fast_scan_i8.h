@@ -1,4 +1,5 @@
-// 4-bit fast path: 8-bit query and codebook, exact integer dot products (AVX-512 VNNI).
+// Integer fast scan for 1-, 2- and 4-bit codes: 8-bit query and codebook, exact int32
+// dot products (AVX-512 VNNI), candidates re-scored by the float kernel afterwards.
 #pragma once
 
 #include <cstddef>
@@ -8,49 +9,127 @@
 namespace faiss {
 namespace tq_kernels {
 
-/** Integer approximation of code_dot for 4-bit codes, used to pick candidates that are
- * then re-scored with the exact float kernel.
+/** Integer approximation of code_dot, used to pick the candidates that are then
+ * re-scored with the exact float kernel.
  *
- * The rotated query is quantised to int8 (scale qscale = 127 / max|q_i|) and the 16
- * centroids to uint8 (c8 = round(c * cscale) + 128, cscale = 127 / max|c|). For a code,
- *   sum_i c8[code_i] * q8_i - 128 * sum_i q8_i = sum_i round(c cscale)_i q8_i
- * is computed exactly in int32, so the result does not depend on summation order and
- * every implementation agrees bit for bit; dot ~= that / (qscale * cscale).
+ * The rotated query is quantised to int8 (qscale = 127 / max|q_i|) and the centroids to
+ * uint8 (c8 = round(c * cscale) + 128, cscale = 127 / max|c|). For a code the kernels
+ * compute the raw sum S = sum_p c8[code_p] * q8_p exactly in int32, so the result does
+ * not depend on summation order and every implementation agrees bit for bit; then
+ * approx_distance() applies TurboQuantizer::finish_distances' estimator to
+ *   dot ~= (S - bias) / (qscale * cscale),  bias = 128 * sum_i q8_i.
  *
- * Within each group of 64 coordinates the query is stored in the order in which the
- * kernel unpacks nibbles: the 32 low nibbles of the group's 32 bytes (coordinates
- * 0, 2, ..., 62), then the 32 high nibbles (1, 3, ..., 63). */
+ * Codes are read in groups of 64 bytes (64 * 8 / nbits coordinates). Byte j of a group
+ * holds coordinates j * cpb + s for s = 0..cpb-1 (cpb = 8 / nbits codes per byte, code s
+ * in bits s * nbits ...). The kernels extract "stream" s of all 64 bytes at once, so the
+ * query is stored per group as cpb streams of 64 values: stream s, position j holds
+ * coordinate j * cpb + s. Coordinates >= d have q8 = 0 (the last group is padded). */
 struct QueryI8 {
-    std::vector<int8_t> q8; ///< d values, permuted within full 64-groups
+    int nbits = 4;
+    size_t ngroups = 0;     ///< groups of 64 code bytes
+    size_t code_bytes = 0;  ///< packed code bytes per vector, ceil(d * nbits / 8)
+    std::vector<int8_t> q8; ///< row_length() values in stream order
     int32_t bias = 0;       ///< 128 * sum(q8)
     float inv_scale = 0;    ///< 1 / (qscale * cscale)
-    uint8_t table[16];      ///< c8, the shifted 8-bit centroids
+    float qnorm2 = 0;       ///< ||q||^2 (L2 distances)
+    uint8_t table[64];      ///< c8[e % 2^nbits] at e: one 64-entry byte-permute table
+
+    /// values per vector in stream order (a multiple of 64)
+    size_t row_length() const {
+        return ngroups * 64 * (8 / nbits);
+    }
 };
 
-/// true when the CPU has the instructions of the integer fast path
-bool fast_scan_i8_available();
+/// the bit widths the integer fast scan handles
+inline bool fast_scan_i8_supports(int nbits) {
+    return nbits == 1 || nbits == 2 || nbits == 4;
+}
 
-/// prepare the 8-bit query for 4-bit codes of dimension d
-void prepare_query_i8(const float* qrot, const float* centroids16, size_t d, QueryI8& out);
+/// true when the CPU has the instructions that make the integer scan pay (AVX-512 VNNI)
+/// and the SIMD level is not capped below AVX-512
+bool fast_scan_i8_simd();
 
-/// approximate code_dot for n 4-bit codes, stride bytes apart; out[v] in float
-void code_dot_many_i8(
+/// prepare the 8-bit query (centroids: 2^nbits values)
+void prepare_query_i8(
+        const float* qrot,
+        const float* centroids,
+        size_t d,
+        int nbits,
+        float qnorm2,
+        QueryI8& out);
+
+/// the estimator on a raw sum (every implementation performs these float operations in
+/// this order, so all of them return the same bits)
+inline float approx_distance(int32_t sum, const QueryI8& q, float ipf, float norm, bool l2) {
+    const float dot = float(sum - q.bias) * q.inv_scale;
+    const float ip = ipf * dot;
+    return l2 ? (q.qnorm2 + norm * norm) - 2 * ip : ip;
+}
+
+/// raw sum S of one code (the definition the SIMD kernels reproduce)
+int32_t dot_sum_i8(const uint8_t* code, const QueryI8& q);
+
+/** One query against n codes (stride bytes apart, float factors norm, ipf at byte
+ * factors_offset): appends the approximate distance and position of every code that
+ * beats `threshold` (L2: dis < threshold, IP: dis > threshold) to dis_out / pos_out
+ * (room for n + 16 entries); returns how many. */
+size_t scan_i8(
         const uint8_t* codes,
         size_t stride,
         size_t n,
+        size_t factors_offset,
         const QueryI8& q,
-        size_t d,
-        float* out);
+        bool l2,
+        float threshold,
+        float* dis_out,
+        uint32_t* pos_out);
 
-/// the same for 4 queries at once: each code is unpacked once and scored against all
-/// four (out[j][v] for query j); results equal four calls of code_dot_many_i8
-void code_dot_many_i8_x4(
+/** Many queries at once, as an integer matrix product: a block of codes is unpacked to
+ * its 8-bit centroids in stream order (decode_i8, once for many queries), the queries are
+ * packed in panels of 16 (4 consecutive q8 bytes of the 16 queries side by side), and
+ * each vpdpbusd multiplies 4 centroid bytes of one code into 16 queries. */
+struct PanelsI8 {
+    size_t nq = 0, npanels = 0, row_length = 0;
+    std::vector<int8_t> b;          ///< [panel][row_length / 4][16][4]
+    std::vector<int32_t> bias;      ///< [panel * 16 + lane]
+    std::vector<float> inv, qnorm2; ///< [panel * 16 + lane]
+};
+
+/// pack nq queries of the same geometry (lanes past nq are zero queries, never selected)
+void pack_panels_i8(const QueryI8* const* q, size_t nq, PanelsI8& out);
+
+/// n codes -> n rows of q.row_length() centroid bytes in stream order
+void decode_i8(const uint8_t* codes, size_t stride, size_t n, const QueryI8& q, uint8_t* rows);
+
+/// the float factors of n codes: norm[v], ipf[v] (at byte offset of each code)
+void load_factors(
         const uint8_t* codes,
         size_t stride,
         size_t n,
-        const QueryI8* const* q,
-        size_t d,
-        float* const* out);
+        size_t offset,
+        float* ipf,
+        float* norm);
+
+struct CandidateI8 {
+    uint32_t query; ///< query index in the panels
+    uint32_t pos;   ///< row index in the block
+    float dis;
+};
+
+/** Decoded rows (n of them) against panels [panel0, panel0 + npan): appends to `out`
+ * (room for n * 16 * npan entries) every (query, row) whose approximate distance beats
+ * thresholds[query]; returns how many. */
+size_t scan_panels_i8(
+        const uint8_t* rows,
+        const float* ipf,
+        const float* norm,
+        size_t n,
+        const PanelsI8& p,
+        size_t panel0,
+        size_t npan,
+        bool l2,
+        const float* thresholds,
+        CandidateI8* out);
 
 } // namespace tq_kernels
 } // namespace faiss
