@@ -2,6 +2,8 @@
 
 #include <memory>
 
+#include <omp.h>
+
 #include <faiss/impl/AuxIndexStructures.h>
 #include <faiss/impl/FaissAssert.h>
 
@@ -183,7 +185,10 @@ void search_fast_batch(
     }
     tq_kernels::PanelsI8 panels;
     tq_kernels::pack_panels_i8(qp.data(), n, panels);
-    const size_t L = panels.row_length, nb_max = 32, chunk = 64;
+    const size_t L = panels.row_length, nb_max = 32;
+    // queries per thread task: the decode of a block is shared by all of them
+    const idx_t chunk = std::max<idx_t>(
+            16, std::min<idx_t>(256, (n / omp_get_max_threads() + 15) / 16 * 16));
     const idx_t nchunks = (n + chunk - 1) / chunk;
     std::vector<float> cdis(n * k2);
     std::vector<idx_t> cids(n * k2);

@@ -25,13 +25,41 @@ double gaussian(std::mt19937_64& rng) {
 
 } // namespace
 
-void tq_fwht_normalized(float* x, size_t p) {
-    for (size_t h = 1; h < p; h *= 2) {
+// the query path rotates one vector at a time: let the compiler use wide vectors for the
+// long butterflies (additions only, so the results do not depend on the width)
+__attribute__((target_clones("avx512f", "avx2", "default"))) void tq_fwht_normalized(
+        float* x,
+        size_t p) {
+    size_t h = 1;
+    if (p >= 8) { // levels 1, 2, 4 as one 8-point transform per block, in registers
+        for (size_t i = 0; i < p; i += 8) {
+            float* v = x + i;
+            float a0 = v[0] + v[1], a1 = v[0] - v[1], a2 = v[2] + v[3], a3 = v[2] - v[3];
+            float a4 = v[4] + v[5], a5 = v[4] - v[5], a6 = v[6] + v[7], a7 = v[6] - v[7];
+            float b0 = a0 + a2, b2 = a0 - a2, b1 = a1 + a3, b3 = a1 - a3;
+            float b4 = a4 + a6, b6 = a4 - a6, b5 = a5 + a7, b7 = a5 - a7;
+            v[0] = b0 + b4, v[4] = b0 - b4, v[1] = b1 + b5, v[5] = b1 - b5;
+            v[2] = b2 + b6, v[6] = b2 - b6, v[3] = b3 + b7, v[7] = b3 - b7;
+        }
+        h = 8;
+    }
+    for (; h < p && h < 8; h *= 2) {
         for (size_t i = 0; i < p; i += 2 * h) {
             for (size_t j = i; j < i + h; j++) {
                 float a = x[j], b = x[j + h];
                 x[j] = a + b;
                 x[j + h] = a - b;
+            }
+        }
+    }
+    for (; h < p; h *= 2) { // j runs over >= 8 consecutive floats
+        for (size_t i = 0; i < p; i += 2 * h) {
+            float* __restrict a = x + i;
+            float* __restrict b = x + i + h;
+            for (size_t j = 0; j < h; j++) {
+                float u = a[j], v = b[j];
+                a[j] = u + v;
+                b[j] = u - v;
             }
         }
     }

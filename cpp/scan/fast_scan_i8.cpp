@@ -37,6 +37,20 @@ bool fast_scan_i8_simd() {
 #endif
 }
 
+namespace {
+
+// round to nearest even, as std::lrint in the default rounding mode, without the libm
+// call (lrint is not inlined unless errno handling is switched off)
+inline int round_int(float x) {
+#if defined(__x86_64__)
+    return _mm_cvtss_si32(_mm_set_ss(x));
+#else
+    return int(std::lrint(x));
+#endif
+}
+
+} // namespace
+
 void prepare_query_i8(
         const float* qrot,
         const float* centroids,
@@ -55,18 +69,21 @@ void prepare_query_i8(
     const float qscale = qmax > 0 ? 127.0f / qmax : 0.0f;
     const float cscale = cmax > 0 ? 127.0f / cmax : 0.0f;
     for (int e = 0; e < 64; e++) {
-        out.table[e] = uint8_t(int(std::lrint(centroids[e % ncen] * cscale)) + 128);
+        out.table[e] = uint8_t(round_int(centroids[e % ncen] * cscale) + 128);
     }
     out.nbits = nbits;
     out.code_bytes = (d * nbits + 7) / 8;
     out.ngroups = (out.code_bytes + 63) / 64;
     out.q8.assign(out.row_length(), 0);
     int32_t sum = 0;
-    for (size_t i = 0; i < d; i++) {
-        const int8_t v = int8_t(std::lrint(qrot[i] * qscale));
-        sum += v;
-        const size_t byte = i / cpb, s = i % cpb;
-        out.q8[(byte / 64 * cpb + s) * 64 + byte % 64] = v;
+    int8_t* q8 = out.q8.data();
+    for (size_t byte = 0; byte < out.code_bytes; byte++) { // coordinate byte * cpb + s
+        int8_t* dst = q8 + byte / 64 * cpb * 64 + byte % 64;
+        for (int s = 0; s < cpb && byte * cpb + s < d; s++) {
+            const int8_t v = int8_t(round_int(qrot[byte * cpb + s] * qscale));
+            sum += v;
+            dst[s * 64] = v;
+        }
     }
     out.bias = 128 * sum;
     out.inv_scale = qscale > 0 && cscale > 0 ? 1.0f / (qscale * cscale) : 0.0f;
@@ -234,12 +251,25 @@ TQ_AVX512_VNNI inline __m512i stream_values(__m512i x, int s, __m512i table) {
     return _mm512_shuffle_epi8(table, _mm512_and_si512(idx, _mm512_set1_epi8((1 << NBITS) - 1)));
 }
 
+// address of code i (0..15) of a block at byte offset `off`, from two base pointers and
+// three odd multiples of the stride (x86 addressing scales them by 1, 2, 4 or 8): the
+// sixteen code pointers would not fit in the general-purpose registers
+#define TQ_CODE_ADDR(i)                                                                 \
+    ((i) % 8 == 0 ? b##i##_base                                                         \
+     : (i) % 8 == 1 ? b##i##_base + s1                                                  \
+     : (i) % 8 == 2 ? b##i##_base + 2 * s1                                              \
+     : (i) % 8 == 3 ? b##i##_base + s3                                                  \
+     : (i) % 8 == 4 ? b##i##_base + 4 * s1                                              \
+     : (i) % 8 == 5 ? b##i##_base + s5                                                  \
+     : (i) % 8 == 6 ? b##i##_base + 2 * s3                                              \
+                    : b##i##_base + s7)
+
 /* Raw sums of 16 consecutive codes for one query (lane v = code v). Each 64-byte group of
  * a code is loaded once, each code stream becomes 8-bit centroids with one byte permute,
  * multiplied into the query with vpdpbusd; the 16 horizontal sums are folded at the end.
- * The lines of the next 16 codes are prefetched on the way: 16 interleaved streams are
- * more than the hardware prefetchers follow, and the scan runs from L3 at several times
- * DRAM speed when they are ahead. */
+ * The lines of the next 16 codes are prefetched on the way (one per code and group, the
+ * rest after the loop): 16 interleaved streams are more than the hardware prefetchers
+ * follow, and the scan runs from L3 at several times DRAM speed when they are ahead. */
 template <int NBITS, bool VBMI>
 TQ_AVX512_VNNI inline __m512i sums16(
         const uint8_t* codes,
@@ -248,19 +278,41 @@ TQ_AVX512_VNNI inline __m512i sums16(
         const __m512i table) {
     constexpr int CPB = 8 / NBITS;
     const size_t ngroups = q.ngroups, code_bytes = q.code_bytes;
+    const size_t s1 = stride, s3 = 3 * stride, s5 = 5 * stride, s7 = 7 * stride;
     const uint8_t* next = codes + 16 * stride;
 #define TQ_ZERO(i) __m512i a##i = _mm512_setzero_si512();
     TQ_FOR_ACC16(TQ_ZERO)
 #undef TQ_ZERO
-    for (size_t g = 0; g < ngroups; g++) {
+    // pointers advanced by the loop (loop-invariant code pointers would be hoisted, 16 of
+    // them, and spilled)
+    const uint8_t* lo = codes;             // codes 0..7 at the current group
+    const uint8_t* hi = codes + 8 * stride; // codes 8..15
+    const uint8_t* pf = next;              // 16 lines of the next block per group
+    const int8_t* qs = q.q8.data();
+    for (size_t g = 0; g < ngroups; g++, lo += 64, hi += 64, pf += 1024, qs += CPB * 64) {
         const size_t off = g * 64;
         const __mmask64 m =
                 off + 64 <= code_bytes ? ~__mmask64(0) : (__mmask64(1) << (code_bytes - off)) - 1;
-        const int8_t* qs = q.q8.data() + g * CPB * 64;
+#define b0_base lo
+#define b1_base lo
+#define b2_base lo
+#define b3_base lo
+#define b4_base lo
+#define b5_base lo
+#define b6_base lo
+#define b7_base lo
+#define b8_base hi
+#define b9_base hi
+#define b10_base hi
+#define b11_base hi
+#define b12_base hi
+#define b13_base hi
+#define b14_base hi
+#define b15_base hi
 #define TQ_STEP(i)                                                                      \
     {                                                                                   \
-        _mm_prefetch((const char*)(next + i * stride + off), _MM_HINT_T0);              \
-        const __m512i x = _mm512_maskz_loadu_epi8(m, codes + i * stride + off);         \
+        _mm_prefetch((const char*)(pf + 64 * i), _MM_HINT_T0);                          \
+        const __m512i x = _mm512_maskz_loadu_epi8(m, TQ_CODE_ADDR(i));                  \
         for (int s = 0; s < CPB; s++) {                                                 \
             a##i = _mm512_dpbusd_epi32(                                                 \
                     a##i,                                                               \
@@ -271,9 +323,9 @@ TQ_AVX512_VNNI inline __m512i sums16(
         TQ_FOR_ACC16(TQ_STEP)
 #undef TQ_STEP
     }
-#define TQ_TAIL(i) _mm_prefetch((const char*)(next + i * stride + stride - 1), _MM_HINT_T0);
-    TQ_FOR_ACC16(TQ_TAIL)
-#undef TQ_TAIL
+    for (size_t b = ngroups * 1024; b < 16 * stride; b += 64) { // lines not covered above
+        _mm_prefetch((const char*)(next + b), _MM_HINT_T0);
+    }
 #define TQ_LIST(i) a##i,
     const __m512i acc[16] = {TQ_FOR_ACC16(TQ_LIST)};
 #undef TQ_LIST
