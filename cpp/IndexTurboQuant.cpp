@@ -142,8 +142,9 @@ void search_fast_one(
     std::vector<idx_t> cids(k2);
     std::vector<uint32_t> cand_pos(bs + 16);
     heap_heapify<C>(k2, cdis.data(), cids.data());
-    for (idx_t i0 = 0; i0 < index.ntotal; i0 += bs) {
-        const size_t nb = std::min<size_t>(bs, index.ntotal - i0);
+    // the first block is small: until the heap is full every code is a candidate
+    for (idx_t i0 = 0, nb0 = 64; i0 < index.ntotal; i0 += nb0, nb0 = bs) {
+        const size_t nb = std::min<size_t>(nb0, index.ntotal - i0);
         const size_t nc = tq_kernels::scan_i8(
                 index.codes.data() + i0 * index.code_size, index.code_size, nb,
                 tq.factors_offset(), q8, l2, cdis[0], cand_dis.data(), cand_pos.data());

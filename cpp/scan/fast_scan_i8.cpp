@@ -212,6 +212,9 @@ size_t scan_panels_scalar(
 #if defined(__x86_64__)
 #define TQ_AVX512_VNNI \
     __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,popcnt")))
+// the helpers must be inlined: every zmm register is caller-saved, so a call would spill
+// the kernel's constants around each block
+#define TQ_INLINE inline __attribute__((always_inline))
 
 // 16 named accumulators: GCC keeps an array of 16 zmm accumulators on the stack, which
 // serialises the scan on store-to-load forwarding
@@ -221,7 +224,7 @@ size_t scan_panels_scalar(
 /* Horizontal sums of 16 accumulators of 16 int32 lanes: lane i of the result is the sum
  * of acc[i]. Pairs are folded with unpacks inside 128-bit lanes, then the four 128-bit
  * lanes with cross-lane shuffles (45 operations for 16 sums). */
-TQ_AVX512_VNNI inline __m512i reduce16(const __m512i* acc) {
+TQ_AVX512_VNNI TQ_INLINE __m512i reduce16(const __m512i* acc) {
     __m512i r[8], s[4];
     for (int i = 0; i < 8; i++) { // [a0+a2, b0+b2, a1+a3, b1+b3] per 128-bit lane
         r[i] = _mm512_add_epi32(
@@ -243,7 +246,7 @@ TQ_AVX512_VNNI inline __m512i reduce16(const __m512i* acc) {
 
 /// the 8-bit centroids of code stream s of 64 code bytes x
 template <int NBITS, bool VBMI>
-TQ_AVX512_VNNI inline __m512i stream_values(__m512i x, int s, __m512i table) {
+TQ_AVX512_VNNI TQ_INLINE __m512i stream_values(__m512i x, int s, __m512i table) {
     const __m512i idx = s == 0 ? x : _mm512_srli_epi16(x, s * NBITS);
     if (VBMI) { // the 64-entry table repeats every 2^NBITS entries: no masking needed
         return _mm512_permutexvar_epi8(idx, table);
@@ -267,11 +270,11 @@ TQ_AVX512_VNNI inline __m512i stream_values(__m512i x, int s, __m512i table) {
 /* Raw sums of 16 consecutive codes for one query (lane v = code v). Each 64-byte group of
  * a code is loaded once, each code stream becomes 8-bit centroids with one byte permute,
  * multiplied into the query with vpdpbusd; the 16 horizontal sums are folded at the end.
- * The lines of the next 16 codes are prefetched on the way (one per code and group, the
+ * The lines of the 16 codes four blocks ahead are prefetched on the way (one per code and group, the
  * rest after the loop): 16 interleaved streams are more than the hardware prefetchers
  * follow, and the scan runs from L3 at several times DRAM speed when they are ahead. */
 template <int NBITS, bool VBMI>
-TQ_AVX512_VNNI inline __m512i sums16(
+TQ_AVX512_VNNI TQ_INLINE __m512i sums16(
         const uint8_t* codes,
         size_t stride,
         const QueryI8& q,
@@ -279,7 +282,7 @@ TQ_AVX512_VNNI inline __m512i sums16(
     constexpr int CPB = 8 / NBITS;
     const size_t ngroups = q.ngroups, code_bytes = q.code_bytes;
     const size_t s1 = stride, s3 = 3 * stride, s5 = 5 * stride, s7 = 7 * stride;
-    const uint8_t* next = codes + 16 * stride;
+    const uint8_t* next = codes + 64 * stride; // four blocks ahead: covers L3 latency
 #define TQ_ZERO(i) __m512i a##i = _mm512_setzero_si512();
     TQ_FOR_ACC16(TQ_ZERO)
 #undef TQ_ZERO
@@ -287,7 +290,7 @@ TQ_AVX512_VNNI inline __m512i sums16(
     // them, and spilled)
     const uint8_t* lo = codes;             // codes 0..7 at the current group
     const uint8_t* hi = codes + 8 * stride; // codes 8..15
-    const uint8_t* pf = next;              // 16 lines of the next block per group
+    const uint8_t* pf = next;              // 16 lines of that block per group
     const int8_t* qs = q.q8.data();
     for (size_t g = 0; g < ngroups; g++, lo += 64, hi += 64, pf += 1024, qs += CPB * 64) {
         const size_t off = g * 64;
@@ -334,7 +337,7 @@ TQ_AVX512_VNNI inline __m512i sums16(
 
 /// (norm, ipf) of 16 codes: 8-byte loads paired per 128-bit lane, then one two-source
 /// permute per output (AMD's gathers are several times slower)
-TQ_AVX512_VNNI inline void factors16(
+TQ_AVX512_VNNI TQ_INLINE void factors16(
         const uint8_t* base,
         size_t stride,
         __m512* norm,
@@ -360,7 +363,7 @@ TQ_AVX512_VNNI inline void factors16(
 }
 
 /// approx_distance on 16 lanes (same operations, same order)
-TQ_AVX512_VNNI inline __m512 approx_distance16(
+TQ_AVX512_VNNI TQ_INLINE __m512 approx_distance16(
         __m512i sum,
         __m512i bias,
         __m512 inv,
@@ -378,7 +381,7 @@ TQ_AVX512_VNNI inline __m512 approx_distance16(
             _mm512_mul_ps(_mm512_set1_ps(2.0f), ip));
 }
 
-TQ_AVX512_VNNI inline __mmask16 beats16(__m512 dis, __m512 thr, bool l2) {
+TQ_AVX512_VNNI TQ_INLINE __mmask16 beats16(__m512 dis, __m512 thr, bool l2) {
     return l2 ? _mm512_cmp_ps_mask(dis, thr, _CMP_LT_OQ) : _mm512_cmp_ps_mask(dis, thr, _CMP_GT_OQ);
 }
 
