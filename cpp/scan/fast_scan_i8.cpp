@@ -526,16 +526,24 @@ size_t scan_panels_avx512(
         const float* thresholds,
         CandidateI8* out) {
     const size_t L = p.row_length;
-    size_t cnt = 0, v = 0;
-    for (; v + 8 <= n; v += 8) {
-        size_t pan = panel0;
-        for (; pan + 2 <= panel0 + npan; pan += 2) {
-            cnt += panels_tile<2>(rows + v * L, ipf + v, norm + v, p, pan, l2, thresholds, uint32_t(v), out + cnt);
-        }
-        if (pan < panel0 + npan) {
-            cnt += panels_tile<1>(rows + v * L, ipf + v, norm + v, p, pan, l2, thresholds, uint32_t(v), out + cnt);
+    // panel pairs outer: a pair's packed queries (2 x L x 16 bytes) stay in L1 while
+    // every tile of rows of the block is multiplied into them
+    size_t cnt = 0;
+    const size_t v_end = n / 8 * 8;
+    for (size_t pan = panel0; pan < panel0 + npan; pan += 2) {
+        for (size_t v = 0; v < v_end; v += 8) {
+            if (pan + 2 <= panel0 + npan) {
+                cnt += panels_tile<2>(
+                        rows + v * L, ipf + v, norm + v, p, pan, l2, thresholds, uint32_t(v),
+                        out + cnt);
+            } else {
+                cnt += panels_tile<1>(
+                        rows + v * L, ipf + v, norm + v, p, pan, l2, thresholds, uint32_t(v),
+                        out + cnt);
+            }
         }
     }
+    const size_t v = v_end;
     const size_t c = scan_panels_scalar(
             rows + v * L, ipf + v, norm + v, n - v, p, panel0, npan, l2, thresholds, out + cnt);
     for (size_t i = cnt; i < cnt + c; i++) {
