@@ -467,6 +467,209 @@ Index* read_idmap(IOReader* f, int io_flags, int depth, bool two) {
     return idx.release();
 }
 
+/* FAISS's own layouts for the blocks most often met (plain flat indexes, IDMap wrappers,
+ * vector transforms), read here with the same discipline as ours: FAISS 1.7.3's reader
+ * sizes each vector from the file before checking that the bytes exist and leaks the
+ * half-built object when the read then fails (~190 MB per crafted 237-byte file). */
+
+/// READVECTOR's layout (uint64 count, then the elements), read chunk by chunk
+template <class T>
+void get_faiss_vector(IOReader* f, std::vector<T>& v, uint64_t max_count) {
+    uint64_t n = get<uint64_t>(f);
+    FAISS_THROW_IF_NOT_FMT(
+            n <= max_count,
+            "corrupt file: vector of %llu elements (at most %llu expected)",
+            (unsigned long long)n,
+            (unsigned long long)max_count);
+    std::vector<uint8_t> raw;
+    get_bytes(f, raw, n * sizeof(T));
+    v.resize(n);
+    if (n) {
+        std::memcpy(v.data(), raw.data(), n * sizeof(T));
+    }
+}
+
+/// read_index_header's layout: d, ntotal, two unused words, is_trained, metric[, arg]
+Header get_faiss_header(IOReader* f) {
+    Header h;
+    h.d = get<int32_t>(f);
+    h.ntotal = get<int64_t>(f);
+    get<int64_t>(f);
+    get<int64_t>(f);
+    uint8_t trained = get<uint8_t>(f);
+    h.metric = get<int32_t>(f);
+    h.metric_arg = h.metric > 1 ? get<float>(f) : 0.0f;
+    FAISS_THROW_IF_NOT_FMT(h.d >= 0 && h.d <= kMaxDim, "corrupt file: dimension %d", h.d);
+    FAISS_THROW_IF_NOT_FMT(
+            h.ntotal >= 0 && h.ntotal <= kMaxNtotal,
+            "corrupt file: ntotal %lld",
+            (long long)h.ntotal);
+    FAISS_THROW_IF_NOT_MSG(trained <= 1, "corrupt file: is_trained flag");
+    h.is_trained = trained;
+    return h;
+}
+
+/// IxFI / IxF2 / IxFl: header, then the vectors as a float count and the floats
+Index* read_faiss_flat(IOReader* f, uint32_t tag) {
+    Header h = get_faiss_header(f);
+    std::unique_ptr<IndexFlat> idx(
+            tag == fcc("IxFI")       ? (IndexFlat*)new IndexFlatIP()
+                    : tag == fcc("IxF2") ? (IndexFlat*)new IndexFlatL2()
+                                         : new IndexFlat());
+    apply_header(idx.get(), h);
+    idx->code_size = sizeof(float) * size_t(h.d);
+    uint64_t nfloats = get<uint64_t>(f);
+    FAISS_THROW_IF_NOT_FMT(
+            nfloats == uint64_t(h.ntotal) * uint64_t(h.d),
+            "corrupt file: flat index holds %llu floats for %lld vectors of d=%d",
+            (unsigned long long)nfloats,
+            (long long)h.ntotal,
+            h.d);
+    get_bytes(f, idx->codes, nfloats * sizeof(float));
+    return idx.release();
+}
+
+/// IxMp / IxM2: header, the wrapped index, then the ids
+Index* read_faiss_idmap(IOReader* f, int io_flags, int depth, bool two) {
+    Header h = get_faiss_header(f);
+    std::unique_ptr<Index> sub(read_any(f, io_flags, depth + 1));
+    FAISS_THROW_IF_NOT_MSG(
+            sub->d == h.d && sub->ntotal == h.ntotal,
+            "corrupt file: IDMap does not match its index");
+    check_labels_are_positions(sub.get());
+    std::unique_ptr<IndexIDMap> idx(two ? new IndexIDMap2() : new IndexIDMap());
+    apply_header(idx.get(), h);
+    idx->metric_type = sub->metric_type; // as IndexIDMap's constructor sets it
+    idx->metric_arg = sub->metric_arg;
+    get_ids(f, idx->id_map, uint64_t(h.ntotal));
+    idx->index = sub.release();
+    idx->own_fields = true;
+    if (two) {
+        static_cast<IndexIDMap2*>(idx.get())->construct_rev_map();
+    }
+    return idx.release();
+}
+
+/* read_VectorTransform's layouts. Vector sizes are checked against d_in / d_out, which
+ * FAISS writes after the vectors, once the whole block is read. */
+VectorTransform* read_faiss_transform(IOReader* f, uint32_t tag, int depth) {
+    FAISS_THROW_IF_NOT_MSG(depth < 4, "corrupt file: transform nesting too deep");
+    const uint64_t kMaxMat = uint64_t(kMaxDim) * uint64_t(kMaxDim);
+    std::unique_ptr<VectorTransform> vt;
+    if (tag == fcc("rrot") || tag == fcc("PCAm") || tag == fcc("LTra") ||
+        tag == fcc("PcAm") || tag == fcc("Viqm") || tag == fcc("Pcam")) {
+        LinearTransform* lt = nullptr;
+        if (tag == fcc("rrot")) {
+            lt = new RandomRotationMatrix();
+            vt.reset(lt);
+        } else if (tag == fcc("Viqm")) {
+            auto* itq = new ITQMatrix();
+            vt.reset(itq);
+            itq->max_iter = get<int32_t>(f);
+            itq->seed = get<int32_t>(f);
+            lt = itq;
+        } else if (tag == fcc("LTra")) {
+            lt = new LinearTransform();
+            vt.reset(lt);
+        } else {
+            auto* pca = new PCAMatrix();
+            vt.reset(pca);
+            pca->eigen_power = get<float>(f);
+            if (tag == fcc("Pcam")) {
+                pca->epsilon = get<float>(f);
+            }
+            pca->random_rotation = get<uint8_t>(f);
+            if (tag != fcc("PCAm")) {
+                pca->balanced_bins = get<int32_t>(f);
+            }
+            get_faiss_vector(f, pca->mean, kMaxDim);
+            get_faiss_vector(f, pca->eigenvalues, kMaxDim);
+            get_faiss_vector(f, pca->PCAMat, kMaxMat);
+            lt = pca;
+        }
+        lt->have_bias = get<uint8_t>(f);
+        get_faiss_vector(f, lt->A, kMaxMat);
+        get_faiss_vector(f, lt->b, kMaxDim);
+    } else if (tag == fcc("RmDT")) {
+        auto* rdt = new RemapDimensionsTransform();
+        vt.reset(rdt);
+        get_faiss_vector(f, rdt->map, kMaxDim);
+    } else if (tag == fcc("VNrm")) {
+        auto* nt = new NormalizationTransform();
+        vt.reset(nt);
+        nt->norm = get<float>(f);
+    } else if (tag == fcc("VCnt")) {
+        auto* ct = new CenteringTransform();
+        vt.reset(ct);
+        get_faiss_vector(f, ct->mean, kMaxDim);
+    } else if (tag == fcc("Viqt")) {
+        auto* itqt = new ITQTransform();
+        vt.reset(itqt);
+        get_faiss_vector(f, itqt->mean, kMaxDim);
+        itqt->do_pca = get<uint8_t>(f);
+        std::unique_ptr<VectorTransform> a(read_faiss_transform(f, get<uint32_t>(f), depth + 1));
+        auto* itqm = dynamic_cast<ITQMatrix*>(a.get());
+        FAISS_THROW_IF_NOT_MSG(itqm, "corrupt file: ITQ transform without its matrix");
+        itqt->itq = *itqm;
+        std::unique_ptr<VectorTransform> b(read_faiss_transform(f, get<uint32_t>(f), depth + 1));
+        auto* pi = dynamic_cast<LinearTransform*>(b.get());
+        FAISS_THROW_IF_NOT_MSG(pi, "corrupt file: ITQ transform without its projection");
+        itqt->pca_then_itq = *pi;
+    } else {
+        FAISS_THROW_FMT("corrupt file: unknown vector transform tag 0x%08x", tag);
+    }
+    vt->d_in = get<int32_t>(f);
+    vt->d_out = get<int32_t>(f);
+    vt->is_trained = get<uint8_t>(f);
+    FAISS_THROW_IF_NOT_MSG(
+            vt->d_in >= 1 && vt->d_in <= kMaxDim && vt->d_out >= 1 && vt->d_out <= kMaxDim,
+            "corrupt file: transform dimensions");
+    const uint64_t di = vt->d_in, dout = vt->d_out;
+    auto size_in = [](size_t n, std::initializer_list<uint64_t> allowed) {
+        for (uint64_t a : allowed) {
+            if (n == a) {
+                return true;
+            }
+        }
+        return false;
+    };
+    if (auto* lt = dynamic_cast<LinearTransform*>(vt.get())) {
+        const bool trained = vt->is_trained;
+        FAISS_THROW_IF_NOT_MSG(
+                size_in(lt->A.size(), {trained ? di * dout : 0, di * dout}) &&
+                        (!lt->have_bias || size_in(lt->b.size(), {trained ? dout : 0, dout})),
+                "corrupt file: linear transform sizes");
+        if (auto* pca = dynamic_cast<PCAMatrix*>(lt)) {
+            FAISS_THROW_IF_NOT_MSG(
+                    size_in(pca->mean.size(), {0, di}) &&
+                            size_in(pca->eigenvalues.size(), {0, di, dout}) &&
+                            size_in(pca->PCAMat.size(), {0, di * di, di * dout}),
+                    "corrupt file: PCA sizes");
+        }
+        if (trained) {
+            lt->set_is_orthonormal();
+        }
+    } else if (auto* rdt = dynamic_cast<RemapDimensionsTransform*>(vt.get())) {
+        FAISS_THROW_IF_NOT_MSG(rdt->map.size() == dout, "corrupt file: remap size");
+        for (int m : rdt->map) {
+            FAISS_THROW_IF_NOT_MSG(m >= -1 && m < int(di), "corrupt file: remap entry");
+        }
+    } else if (auto* ct = dynamic_cast<CenteringTransform*>(vt.get())) {
+        FAISS_THROW_IF_NOT_MSG(
+                di == dout && size_in(ct->mean.size(), {vt->is_trained ? di : 0, di}),
+                "corrupt file: centering sizes");
+    } else if (auto* itqt = dynamic_cast<ITQTransform*>(vt.get())) {
+        FAISS_THROW_IF_NOT_MSG(
+                size_in(itqt->mean.size(), {0, di}) &&
+                        uint64_t(itqt->pca_then_itq.d_in) == di &&
+                        uint64_t(itqt->pca_then_itq.d_out) == dout,
+                "corrupt file: ITQ sizes");
+    } else {
+        FAISS_THROW_IF_NOT_MSG(di == dout, "corrupt file: normalisation sizes");
+    }
+    return vt.release();
+}
+
 /// n floats, n checked against `expected` (one of the allowed sizes) before reading
 void get_floats(IOReader* f, std::vector<float>& v, std::initializer_list<uint64_t> allowed) {
     uint64_t n = get<uint64_t>(f);
@@ -528,8 +731,7 @@ VectorTransform* read_transform(IOReader* f) {
     if (tag == fcc(kLinear)) {
         return read_linear(f);
     }
-    PushbackReader pb(f, tag);
-    return read_VectorTransform(&pb);
+    return read_faiss_transform(f, tag, 0);
 }
 
 Index* read_pretransform(IOReader* f, int io_flags, int depth) {
@@ -691,6 +893,16 @@ Index* read_any(IOReader* f, int io_flags, int depth) {
     if (tag == fcc(kIDMap2)) return read_idmap(f, io_flags, depth, true);
     if (tag == fcc(kPreTransform)) return read_pretransform(f, io_flags, depth);
     if (tag == fcc(kRefine)) return read_refine(f, io_flags, depth);
+    std::unique_ptr<Index> faiss_block;
+    if (tag == fcc("IxFI") || tag == fcc("IxF2") || tag == fcc("IxFl")) {
+        faiss_block.reset(read_faiss_flat(f, tag));
+    } else if (tag == fcc("IxMp") || tag == fcc("IxM2")) {
+        faiss_block.reset(read_faiss_idmap(f, io_flags, depth, tag == fcc("IxM2")));
+    }
+    if (faiss_block) {
+        validate_faiss_tree(faiss_block.get(), 0);
+        return faiss_block.release();
+    }
     PushbackReader pb(f, tag);
     std::unique_ptr<Index> idx(read_index(&pb, io_flags));
     validate_faiss_tree(idx.get(), 0);

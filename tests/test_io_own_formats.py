@@ -68,3 +68,95 @@ def test_huge_matrix_size_in_transform_fails_without_allocating():
     struct.pack_into("<Q", blob, pos + 20, 1 << 38)
     with pytest.raises(RuntimeError, match="corrupt"):
         faiss.deserialize_index(np.frombuffer(bytes(blob), dtype="uint8"))
+
+
+# --- FAISS's own layouts, read by our validating reader (FAISS 1.7.3's reader sizes vectors
+# from the file before checking the bytes exist, and leaks what it built when it then fails)
+
+def _pretransform(vt, d=16):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((300, d)).astype("float32")
+    tq = faiss_turboquant.IndexTurboQuant(vt.d_out, 4, 0, faiss.METRIC_L2)
+    index = faiss.IndexPreTransform(vt, tq)
+    index.train(x)
+    index.add(x)
+    return index, x
+
+
+@pytest.mark.parametrize("make", [
+    lambda: faiss.NormalizationTransform(16, 2.0),
+    lambda: faiss.CenteringTransform(16),
+    lambda: faiss.RemapDimensionsTransform(16, 24, True),
+    lambda: faiss.ITQTransform(16, 16, False),
+])
+def test_non_linear_transforms_round_trip(make):
+    faiss.omp_set_num_threads(1)
+    index, x = _pretransform(make())
+    blob = faiss.serialize_index(index).tobytes()
+    back = faiss.deserialize_index(np.frombuffer(blob, dtype="uint8"))
+    a = faiss.downcast_VectorTransform(index.chain.at(0))
+    b = faiss.downcast_VectorTransform(back.chain.at(0))
+    assert type(a) is type(b) and (b.d_in, b.d_out) == (a.d_in, a.d_out)
+    D1, I1 = index.search(x[:5], 5)
+    D2, I2 = back.search(x[:5], 5)
+    np.testing.assert_array_equal(I1, I2)
+    np.testing.assert_array_equal(D1, D2)
+
+
+def test_huge_vector_in_faiss_transform_fails_without_allocating():
+    index, _ = _pretransform(faiss.CenteringTransform(16))
+    blob = bytearray(faiss.serialize_index(index).tobytes())
+    pos = blob.index(b"VCnt")
+    struct.pack_into("<Q", blob, pos + 4, 50_000_000)  # mean: 200 MB claimed, 64 B present
+    with pytest.raises(RuntimeError, match="corrupt|truncated"):
+        faiss.deserialize_index(np.frombuffer(bytes(blob), dtype="uint8"))
+
+
+@pytest.mark.parametrize("make", [
+    lambda d: faiss.IndexFlatL2(d),
+    lambda d: faiss.IndexFlatIP(d),
+    lambda d: faiss.IndexIDMap(faiss.IndexFlatIP(d)),
+    lambda d: faiss.IndexIDMap2(faiss.IndexFlatL2(d)),
+])
+def test_plain_faiss_flat_and_idmap_files_read_by_our_reader(make, tmp_path):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((50, 8)).astype("float32")
+    index = make(8)
+    if "IDMap" in type(index).__name__:
+        index.add_with_ids(x, np.arange(1000, 1050))
+    else:
+        index.add(x)
+    path = str(tmp_path / "plain.faiss")
+    faiss.write_index(index, path)
+    back = faiss.read_index(path)
+    assert type(back).__name__ == type(index).__name__
+    D1, I1 = index.search(x[:5], 4)
+    D2, I2 = back.search(x[:5], 4)
+    np.testing.assert_array_equal(I1, I2)
+    np.testing.assert_array_equal(D1, D2)
+    if isinstance(back, faiss.IndexIDMap2):
+        np.testing.assert_array_equal(back.reconstruct(1003), x[3])
+
+
+@pytest.mark.parametrize("field_offset,value", [
+    (4 + 4 + 8 + 8 + 8 + 1 + 4, 50_000_000),  # float count: 200 MB claimed
+    (4 + 4, 1 << 61),                          # ntotal
+])
+def test_corrupt_plain_flat_fails_without_allocating(field_offset, value):
+    index = faiss.IndexFlatL2(8)
+    index.add(np.ones((6, 8), "float32"))
+    blob = bytearray(faiss.serialize_index(index).tobytes())
+    assert blob[:4] == b"IxF2"
+    struct.pack_into("<q", blob, field_offset, value)
+    with pytest.raises(RuntimeError, match="corrupt|truncated"):
+        faiss.deserialize_index(np.frombuffer(bytes(blob), dtype="uint8"))
+
+
+def test_plain_idmap_with_short_id_map_is_rejected():
+    index = faiss.IndexIDMap(faiss.IndexFlatL2(8))
+    index.add_with_ids(np.ones((6, 8), "float32"), np.arange(6))
+    blob = bytearray(faiss.serialize_index(index).tobytes())
+    pos = len(blob) - 6 * 8 - 8  # the id count precedes the 6 ids at the end
+    struct.pack_into("<Q", blob, pos, 3)
+    with pytest.raises(RuntimeError, match="corrupt"):
+        faiss.deserialize_index(np.frombuffer(bytes(blob[:pos + 8 + 3 * 8]), dtype="uint8"))
