@@ -12,6 +12,7 @@
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexFlatCodes.h>
 #include <faiss/IndexHNSW.h>
+#include <faiss/IndexIVFFlat.h>
 #include <faiss/IndexIDMap.h>
 #include <faiss/IndexPreTransform.h>
 #include <faiss/IndexRefine.h>
@@ -333,21 +334,14 @@ InvertedLists* read_invlists(IOReader* f, size_t nlist, size_t code_size, int64_
     return il.release();
 }
 
-Index* read_ivf(IOReader* f, int io_flags, int depth) {
-    Header h = get_header(f, true);
-    uint64_t nlist = get<uint64_t>(f);
-    uint64_t nprobe = get<uint64_t>(f);
-    FAISS_THROW_IF_NOT_MSG(
-            nlist >= 1 && nlist <= kMaxNlist, "TurboQuant: corrupt file: nlist");
-    // FAISS allows nprobe > nlist (search clamps it)
-    FAISS_THROW_IF_NOT_MSG(
-            nprobe >= 1 && nprobe <= (uint64_t(1) << 40), "TurboQuant: corrupt file: nprobe");
+/* The coarse quantizer of an IVF index (our layout or FAISS's). It must return list
+ * numbers (positions), so only index types whose labels are positions are accepted; a
+ * trained one holds exactly nlist centroids (which bounds nlist by the bytes in the file),
+ * an untrained one none. */
+Index* read_quantizer(IOReader* f, int io_flags, int depth, const Header& h, uint64_t nlist) {
     std::unique_ptr<Index> quantizer(read_any(f, io_flags, depth + 1));
     FAISS_THROW_IF_NOT_MSG(
             quantizer->d == h.d, "TurboQuant: corrupt file: quantizer dimension");
-    // A coarse quantizer must return list numbers (positions), so only index types whose
-    // labels are positions are accepted; a trained one holds exactly nlist centroids
-    // (which bounds nlist by the bytes in the file), an untrained one none.
     FAISS_THROW_IF_NOT_MSG(
             dynamic_cast<IndexFlatCodes*>(quantizer.get()) ||
                     dynamic_cast<IndexHNSW*>(quantizer.get()),
@@ -361,6 +355,35 @@ Index* read_ivf(IOReader* f, int io_flags, int depth) {
                 quantizer->ntotal == 0 && h.ntotal == 0 && nlist <= (1 << 20),
                 "TurboQuant: corrupt file: untrained IVF index with content");
     }
+    return quantizer.release();
+}
+
+/// every direct-map entry must point inside the lists (reconstruct reads there)
+void check_direct_map(const IndexIVF* idx) {
+    auto inside = [idx](idx_t lo) {
+        return lo_listno(lo) < idx->nlist &&
+                lo_offset(lo) < idx->invlists->list_size(lo_listno(lo));
+    };
+    for (idx_t lo : idx->direct_map.array) {
+        FAISS_THROW_IF_NOT_MSG(
+                lo == -1 || inside(lo), "TurboQuant: corrupt file: direct map entry out of range");
+    }
+    for (auto& kv : idx->direct_map.hashtable) {
+        FAISS_THROW_IF_NOT_MSG(
+                inside(kv.second), "TurboQuant: corrupt file: direct map entry out of range");
+    }
+}
+
+Index* read_ivf(IOReader* f, int io_flags, int depth) {
+    Header h = get_header(f, true);
+    uint64_t nlist = get<uint64_t>(f);
+    uint64_t nprobe = get<uint64_t>(f);
+    FAISS_THROW_IF_NOT_MSG(
+            nlist >= 1 && nlist <= kMaxNlist, "TurboQuant: corrupt file: nlist");
+    // FAISS allows nprobe > nlist (search clamps it)
+    FAISS_THROW_IF_NOT_MSG(
+            nprobe >= 1 && nprobe <= (uint64_t(1) << 40), "TurboQuant: corrupt file: nprobe");
+    std::unique_ptr<Index> quantizer(read_quantizer(f, io_flags, depth, h, nlist));
     std::unique_ptr<IndexIVFTurboQuant> idx(new IndexIVFTurboQuant());
     apply_header(idx.get(), h);
     idx->ntotal = 0;
@@ -394,21 +417,7 @@ Index* read_ivf(IOReader* f, int io_flags, int depth) {
     idx->quantizer = quantizer.release();
     idx->own_fields = true;
     idx->ntotal = h.ntotal;
-    // the direct map must point inside the lists
-    for (idx_t lo : idx->direct_map.array) {
-        FAISS_THROW_IF_NOT_MSG(
-                lo == -1 ||
-                        (lo_listno(lo) < nlist &&
-                         lo_offset(lo) < idx->invlists->list_size(lo_listno(lo))),
-                "TurboQuant: corrupt file: direct map entry out of range");
-    }
-    for (auto& kv : idx->direct_map.hashtable) {
-        idx_t lo = kv.second;
-        FAISS_THROW_IF_NOT_MSG(
-                lo_listno(lo) < nlist &&
-                        lo_offset(lo) < idx->invlists->list_size(lo_listno(lo)),
-                "TurboQuant: corrupt file: direct map entry out of range");
-    }
+    check_direct_map(idx.get());
     return idx.release();
 }
 
@@ -547,6 +556,90 @@ Index* read_faiss_idmap(IOReader* f, int io_flags, int depth, bool two) {
     if (two) {
         static_cast<IndexIDMap2*>(idx.get())->construct_rev_map();
     }
+    return idx.release();
+}
+
+/// FAISS's "ilar" inverted lists: nlist, code size, the list sizes ("full" or "sprs"),
+/// then codes and ids list by list
+InvertedLists* read_faiss_invlists(IOReader* f, uint64_t nlist, size_t code_size, int64_t ntotal) {
+    FAISS_THROW_IF_NOT_MSG(
+            get<uint32_t>(f) == fcc("ilar"),
+            "corrupt file: unsupported inverted lists (only in-file array lists are read)");
+    FAISS_THROW_IF_NOT_MSG(
+            get<uint64_t>(f) == nlist && get<uint64_t>(f) == code_size,
+            "corrupt file: inverted lists shape");
+    std::vector<uint64_t> sizes(nlist, 0), raw;
+    const uint32_t list_type = get<uint32_t>(f);
+    if (list_type == fcc("full")) {
+        get_faiss_vector(f, raw, nlist);
+        FAISS_THROW_IF_NOT_MSG(raw.size() == nlist, "corrupt file: list size count");
+        sizes = raw;
+    } else if (list_type == fcc("sprs")) {
+        get_faiss_vector(f, raw, 2 * nlist);
+        FAISS_THROW_IF_NOT_MSG(raw.size() % 2 == 0, "corrupt file: sparse list sizes");
+        for (size_t j = 0; j < raw.size(); j += 2) {
+            FAISS_THROW_IF_NOT_MSG(raw[j] < nlist, "corrupt file: list number");
+            sizes[raw[j]] = raw[j + 1];
+        }
+    } else {
+        FAISS_THROW_MSG("corrupt file: inverted list size encoding");
+    }
+    uint64_t total = 0;
+    for (uint64_t n : sizes) {
+        FAISS_THROW_IF_NOT_MSG(
+                n <= uint64_t(ntotal) - total, "corrupt file: inverted list sizes exceed ntotal");
+        total += n;
+    }
+    FAISS_THROW_IF_NOT_MSG(total == uint64_t(ntotal), "corrupt file: list sizes != ntotal");
+    std::unique_ptr<ArrayInvertedLists> il(new ArrayInvertedLists(nlist, code_size));
+    std::vector<uint8_t> codes, ids;
+    for (size_t l = 0; l < nlist; l++) {
+        if (sizes[l] == 0) {
+            continue;
+        }
+        get_bytes(f, codes, sizes[l] * code_size);
+        get_bytes(f, ids, sizes[l] * sizeof(idx_t));
+        il->add_entries(l, sizes[l], reinterpret_cast<const idx_t*>(ids.data()), codes.data());
+    }
+    return il.release();
+}
+
+/// IwFl: IVF header (nlist, nprobe, quantizer, direct map), then the lists of raw floats
+Index* read_faiss_ivfflat(IOReader* f, int io_flags, int depth) {
+    Header h = get_faiss_header(f);
+    FAISS_THROW_IF_NOT_MSG(
+            h.metric == METRIC_L2 || h.metric == METRIC_INNER_PRODUCT,
+            "corrupt file: IVF metric");
+    uint64_t nlist = get<uint64_t>(f), nprobe = get<uint64_t>(f);
+    FAISS_THROW_IF_NOT_MSG(nlist >= 1 && nlist <= kMaxNlist, "corrupt file: nlist");
+    FAISS_THROW_IF_NOT_MSG(nprobe >= 1 && nprobe <= (uint64_t(1) << 40), "corrupt file: nprobe");
+    std::unique_ptr<Index> quantizer(read_quantizer(f, io_flags, depth, h, nlist));
+    std::unique_ptr<IndexIVFFlat> idx(new IndexIVFFlat());
+    apply_header(idx.get(), h);
+    idx->nlist = nlist;
+    idx->nprobe = nprobe;
+    idx->code_size = sizeof(float) * size_t(h.d);
+    const int dm_type = get<int8_t>(f);
+    FAISS_THROW_IF_NOT_MSG(
+            dm_type >= DirectMap::NoMap && dm_type <= DirectMap::Hashtable,
+            "corrupt file: direct map type");
+    get_faiss_vector(f, idx->direct_map.array, uint64_t(h.ntotal));
+    FAISS_THROW_IF_NOT_MSG(
+            dm_type == DirectMap::Array ? idx->direct_map.array.size() == uint64_t(h.ntotal)
+                                        : idx->direct_map.array.empty(),
+            "corrupt file: direct map size");
+    if (dm_type == DirectMap::Hashtable) {
+        std::vector<std::pair<idx_t, idx_t>> pairs;
+        get_faiss_vector(f, pairs, uint64_t(h.ntotal));
+        for (auto& kv : pairs) {
+            idx->direct_map.hashtable[kv.first] = kv.second;
+        }
+    }
+    idx->direct_map.type = DirectMap::Type(dm_type);
+    idx->replace_invlists(read_faiss_invlists(f, nlist, idx->code_size, h.ntotal), true);
+    idx->quantizer = quantizer.release();
+    idx->own_fields = true;
+    check_direct_map(idx.get());
     return idx.release();
 }
 
@@ -898,6 +991,8 @@ Index* read_any(IOReader* f, int io_flags, int depth) {
         faiss_block.reset(read_faiss_flat(f, tag));
     } else if (tag == fcc("IxMp") || tag == fcc("IxM2")) {
         faiss_block.reset(read_faiss_idmap(f, io_flags, depth, tag == fcc("IxM2")));
+    } else if (tag == fcc("IwFl")) {
+        faiss_block.reset(read_faiss_ivfflat(f, io_flags, depth));
     }
     if (faiss_block) {
         validate_faiss_tree(faiss_block.get(), 0);

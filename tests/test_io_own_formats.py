@@ -160,3 +160,44 @@ def test_plain_idmap_with_short_id_map_is_rejected():
     struct.pack_into("<Q", blob, pos, 3)
     with pytest.raises(RuntimeError, match="corrupt"):
         faiss.deserialize_index(np.frombuffer(bytes(blob[:pos + 8 + 3 * 8]), dtype="uint8"))
+
+
+@pytest.mark.parametrize("dm", [None, "array", "hash"])
+@pytest.mark.parametrize("metric", [faiss.METRIC_L2, faiss.METRIC_INNER_PRODUCT])
+def test_plain_faiss_ivfflat_read_by_our_reader(dm, metric):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((200, 8)).astype("float32")
+    index = faiss.index_factory(8, "IVF4,Flat", metric)
+    index.train(x)
+    if dm == "array":
+        index.set_direct_map_type(faiss.DirectMap.Array)
+        index.add(x)
+    elif dm == "hash":
+        index.set_direct_map_type(faiss.DirectMap.Hashtable)
+        index.add_with_ids(x, np.arange(200) * 5 + 1)
+    else:
+        index.add(x)
+    index.nprobe = 3
+    back = faiss.deserialize_index(faiss.serialize_index(index))
+    assert isinstance(back, faiss.IndexIVFFlat) and back.nprobe == 3
+    D1, I1 = index.search(x[:5], 4)
+    D2, I2 = back.search(x[:5], 4)
+    np.testing.assert_array_equal(I1, I2)
+    np.testing.assert_array_equal(D1, D2)
+    if dm == "array":
+        np.testing.assert_array_equal(back.reconstruct(7), x[7])
+    if dm == "hash":
+        np.testing.assert_array_equal(back.reconstruct(36), x[7])
+
+
+def test_corrupt_plain_ivfflat_list_size_fails_without_allocating():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((40, 8)).astype("float32")
+    index = faiss.index_factory(8, "IVF4,Flat")
+    index.train(x)
+    index.add(x)
+    blob = bytearray(faiss.serialize_index(index).tobytes())
+    pos = blob.index(b"full") + 4 + 8  # the count of sizes, then the first list's size
+    struct.pack_into("<Q", blob, pos, 1 << 36)
+    with pytest.raises(RuntimeError, match="corrupt"):
+        faiss.deserialize_index(np.frombuffer(bytes(blob), dtype="uint8"))

@@ -39,10 +39,16 @@ SPECS = [
     ("pca8_ivf4_tq4_d16", 16, "PCA8,IVF4,TQ4", "L2", 30, None),
     ("tq4_rflat_d16", 16, "TQ4,RFlat", "L2", 8, None),
     ("tq4_d64", 64, "TQ4", "L2", 4, None),
-    # FAISS-only files (no TurboQuant): read by FAISS 1.7.3 through the push-back reader
+    # FAISS transform blocks inside our TQPt (parsed by our reader in FAISS's layout)
+    ("l2norm_tq4_d16", 16, "L2norm,TQ4", "IP", 8, None),
+    ("itq_tq4_d16", 16, "ITQ16,TQ4", "L2", 40, None),
+    ("pad24_tq4_d16", 16, "Pad24,TQ4", "L2", 8, None),
+    # FAISS-only files (no TurboQuant): flat and IDMap layouts parsed by our reader, IVF
+    # by FAISS 1.7.3's through the push-back reader
     ("faiss_flat_d8", 8, "Flat", "L2", 6, None),
     ("faiss_ivf4_flat_d8", 8, "IVF4,Flat", "L2", 12, None),
     ("faiss_idmap_flat_d8", 8, "IDMap,Flat", "L2", 6, "ids"),
+    ("faiss_idmap2_flat_ip_d8", 8, "IDMap2,Flat", "IP", 6, "ids"),
 ]
 
 
