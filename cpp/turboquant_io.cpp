@@ -643,6 +643,68 @@ Index* read_faiss_ivfflat(IOReader* f, int io_flags, int depth) {
     return idx.release();
 }
 
+/// IHNf: header, the HNSW graph (read_HNSW's layout), then the flat storage index
+Index* read_faiss_hnswflat(IOReader* f, int io_flags, int depth) {
+    Header h = get_faiss_header(f);
+    FAISS_THROW_IF_NOT_MSG(
+            h.metric == METRIC_L2 || h.metric == METRIC_INNER_PRODUCT,
+            "corrupt file: HNSW metric");
+    std::unique_ptr<IndexHNSWFlat> idx(new IndexHNSWFlat());
+    apply_header(idx.get(), h);
+    HNSW& g = idx->hnsw;
+    const uint64_t n = uint64_t(h.ntotal);
+    get_faiss_vector(f, g.assign_probas, 64);
+    get_faiss_vector(f, g.cum_nneighbor_per_level, 65);
+    get_faiss_vector(f, g.levels, n);
+    get_faiss_vector(f, g.offsets, n + 1);
+    // neighbours: at most offsets.back() entries, checked below; bounded by the file here
+    get_faiss_vector(f, g.neighbors, uint64_t(kMaxNtotal));
+    g.entry_point = get<int32_t>(f);
+    g.max_level = get<int32_t>(f);
+    g.efConstruction = get<int32_t>(f);
+    g.efSearch = get<int32_t>(f);
+    g.upper_beam = get<int32_t>(f);
+    // the invariants HNSW::search relies on: one level and one offset range per vector,
+    // ranges sized by the cumulative neighbour counts, neighbours and entry point valid
+    const auto& cum = g.cum_nneighbor_per_level;
+    FAISS_THROW_IF_NOT_MSG(
+            g.levels.size() == n && g.offsets.size() == n + 1 && g.offsets[0] == 0 &&
+                    g.offsets[n] == g.neighbors.size() && !cum.empty() && cum[0] == 0,
+            "corrupt file: HNSW sizes");
+    FAISS_THROW_IF_NOT_MSG(
+            g.max_level >= -1 && g.max_level + 1 < int(cum.size()) &&
+                    g.entry_point >= -1 && g.entry_point < int64_t(n) &&
+                    (n == 0 || (g.entry_point >= 0 && g.max_level >= 0)) &&
+                    g.efSearch >= 1 && g.efConstruction >= 1 && g.upper_beam >= 1,
+            "corrupt file: HNSW parameters");
+    for (size_t l = 1; l < cum.size(); l++) {
+        FAISS_THROW_IF_NOT_MSG(cum[l] >= cum[l - 1], "corrupt file: HNSW level sizes");
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        const int lv = g.levels[i];
+        FAISS_THROW_IF_NOT_MSG(
+                lv >= 1 && lv <= g.max_level + 1 &&
+                        g.offsets[i + 1] >= g.offsets[i] &&
+                        g.offsets[i + 1] - g.offsets[i] == size_t(cum[lv]),
+                "corrupt file: HNSW node levels");
+    }
+    if (n > 0) {
+        FAISS_THROW_IF_NOT_MSG(
+                g.levels[g.entry_point] == g.max_level + 1, "corrupt file: HNSW entry point");
+    }
+    for (int nb : g.neighbors) {
+        FAISS_THROW_IF_NOT_MSG(nb >= -1 && nb < int64_t(n), "corrupt file: HNSW neighbour");
+    }
+    std::unique_ptr<Index> storage(read_any(f, io_flags, depth + 1));
+    FAISS_THROW_IF_NOT_MSG(
+            dynamic_cast<IndexFlat*>(storage.get()) && storage->d == h.d &&
+                    storage->ntotal == h.ntotal && storage->metric_type == MetricType(h.metric),
+            "corrupt file: HNSW storage does not match");
+    idx->storage = storage.release();
+    idx->own_fields = true;
+    return idx.release();
+}
+
 /* read_VectorTransform's layouts. Vector sizes are checked against d_in / d_out, which
  * FAISS writes after the vectors, once the whole block is read. */
 VectorTransform* read_faiss_transform(IOReader* f, uint32_t tag, int depth) {
@@ -993,6 +1055,8 @@ Index* read_any(IOReader* f, int io_flags, int depth) {
         faiss_block.reset(read_faiss_idmap(f, io_flags, depth, tag == fcc("IxM2")));
     } else if (tag == fcc("IwFl")) {
         faiss_block.reset(read_faiss_ivfflat(f, io_flags, depth));
+    } else if (tag == fcc("IHNf")) {
+        faiss_block.reset(read_faiss_hnswflat(f, io_flags, depth));
     }
     if (faiss_block) {
         validate_faiss_tree(faiss_block.get(), 0);

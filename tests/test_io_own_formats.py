@@ -201,3 +201,46 @@ def test_corrupt_plain_ivfflat_list_size_fails_without_allocating():
     struct.pack_into("<Q", blob, pos, 1 << 36)
     with pytest.raises(RuntimeError, match="corrupt"):
         faiss.deserialize_index(np.frombuffer(bytes(blob), dtype="uint8"))
+
+
+@pytest.mark.parametrize("desc,metric", [("HNSW8", faiss.METRIC_L2),
+                                         ("HNSW8", faiss.METRIC_INNER_PRODUCT),
+                                         ("IVF16_HNSW8,TQ4", faiss.METRIC_L2),
+                                         ("IVF16_HNSW8,Flat", faiss.METRIC_INNER_PRODUCT)])
+def test_hnsw_flat_read_by_our_reader(desc, metric):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((300, 8)).astype("float32")
+    index = faiss_turboquant.index_factory(8, desc, metric)
+    index.train(x)
+    index.add(x)
+    back = faiss.deserialize_index(faiss.serialize_index(index))
+    D1, I1 = index.search(x[:7], 5)
+    D2, I2 = back.search(x[:7], 5)
+    np.testing.assert_array_equal(I1, I2)
+    np.testing.assert_array_equal(D1, D2)
+
+
+@pytest.mark.parametrize("what", ["levels", "neighbour", "huge"])
+def test_corrupt_hnsw_graph_is_rejected(what):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((60, 8)).astype("float32")
+    index = faiss.IndexHNSWFlat(8, 4)
+    index.add(x)
+    blob = bytearray(faiss.serialize_index(index).tobytes())
+    pos = 4 + 4 + 8 + 8 + 8 + 1 + 4  # after the header: assign_probas
+    n_probas = struct.unpack_from("<Q", blob, pos)[0]
+    pos += 8 + 8 * n_probas
+    n_cum = struct.unpack_from("<Q", blob, pos)[0]
+    pos += 8 + 4 * n_cum  # levels: count, then one int per vector
+    if what == "levels":
+        struct.pack_into("<i", blob, pos + 8 + 4 * 5, 9)
+    elif what == "huge":
+        struct.pack_into("<Q", blob, pos, 1 << 36)
+    else:
+        nlev = struct.unpack_from("<Q", blob, pos)[0]
+        pos += 8 + 4 * nlev
+        noff = struct.unpack_from("<Q", blob, pos)[0]
+        pos += 8 + 8 * noff + 8  # neighbours' first entry
+        struct.pack_into("<i", blob, pos, 1 << 20)
+    with pytest.raises(RuntimeError, match="corrupt"):
+        faiss.deserialize_index(np.frombuffer(bytes(blob), dtype="uint8"))
