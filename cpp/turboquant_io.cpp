@@ -16,6 +16,7 @@
 #include <faiss/IndexIDMap.h>
 #include <faiss/IndexPreTransform.h>
 #include <faiss/IndexRefine.h>
+#include <faiss/IndexScalarQuantizer.h>
 #include <faiss/VectorTransform.h>
 #include <faiss/impl/FaissAssert.h>
 #include <faiss/clone_index.h>
@@ -705,6 +706,43 @@ Index* read_faiss_hnswflat(IOReader* f, int io_flags, int depth) {
     return idx.release();
 }
 
+/// IxSQ: header, the scalar quantizer (qtype, range statistic, d, code size, trained
+/// ranges), then the codes
+Index* read_faiss_sq(IOReader* f) {
+    Header h = get_faiss_header(f);
+    std::unique_ptr<IndexScalarQuantizer> idx(new IndexScalarQuantizer());
+    apply_header(idx.get(), h);
+    ScalarQuantizer& sq = idx->sq;
+    const int32_t qtype = get<int32_t>(f), rangestat = get<int32_t>(f);
+    sq.rangestat_arg = get<float>(f);
+    const uint64_t d = get<uint64_t>(f), code_size = get<uint64_t>(f);
+    FAISS_THROW_IF_NOT_MSG(
+            qtype >= ScalarQuantizer::QT_8bit && qtype <= ScalarQuantizer::QT_6bit &&
+                    rangestat >= ScalarQuantizer::RS_minmax &&
+                    rangestat <= ScalarQuantizer::RS_optim && d == uint64_t(h.d),
+            "corrupt file: scalar quantizer parameters");
+    sq.qtype = ScalarQuantizer::QuantizerType(qtype);
+    sq.rangestat = ScalarQuantizer::RangeStat(rangestat);
+    sq.d = d;
+    sq.set_derived_sizes();
+    FAISS_THROW_IF_NOT_MSG(sq.code_size == code_size, "corrupt file: scalar quantizer code size");
+    get_faiss_vector(f, sq.trained, 2 * d);
+    // the ranges the codec reads: one pair per dimension, one shared pair, or none
+    const bool uniform = qtype == ScalarQuantizer::QT_8bit_uniform ||
+            qtype == ScalarQuantizer::QT_4bit_uniform;
+    const bool none = qtype == ScalarQuantizer::QT_fp16 || qtype == ScalarQuantizer::QT_8bit_direct;
+    FAISS_THROW_IF_NOT_MSG(
+            sq.trained.size() == (none ? 0 : uniform ? 2 : 2 * d) ||
+                    (!h.is_trained && sq.trained.empty()),
+            "corrupt file: scalar quantizer ranges");
+    idx->code_size = code_size;
+    const uint64_t nbytes = get<uint64_t>(f);
+    FAISS_THROW_IF_NOT_MSG(
+            nbytes == uint64_t(h.ntotal) * code_size, "corrupt file: scalar quantizer codes");
+    get_bytes(f, idx->codes, nbytes);
+    return idx.release();
+}
+
 /* read_VectorTransform's layouts. Vector sizes are checked against d_in / d_out, which
  * FAISS writes after the vectors, once the whole block is read. */
 VectorTransform* read_faiss_transform(IOReader* f, uint32_t tag, int depth) {
@@ -1057,6 +1095,8 @@ Index* read_any(IOReader* f, int io_flags, int depth) {
         faiss_block.reset(read_faiss_ivfflat(f, io_flags, depth));
     } else if (tag == fcc("IHNf")) {
         faiss_block.reset(read_faiss_hnswflat(f, io_flags, depth));
+    } else if (tag == fcc("IxSQ")) {
+        faiss_block.reset(read_faiss_sq(f));
     }
     if (faiss_block) {
         validate_faiss_tree(faiss_block.get(), 0);

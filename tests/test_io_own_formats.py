@@ -244,3 +244,51 @@ def test_corrupt_hnsw_graph_is_rejected(what):
         struct.pack_into("<i", blob, pos, 1 << 20)
     with pytest.raises(RuntimeError, match="corrupt"):
         faiss.deserialize_index(np.frombuffer(bytes(blob), dtype="uint8"))
+
+
+@pytest.mark.parametrize("desc", ["SQ8", "SQ4", "SQ6", "SQfp16",
+                                  "TQ4,Refine(SQ8)", "IDMap,SQ8"])
+def test_scalar_quantizer_read_by_our_reader(desc):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((200, 8)).astype("float32")
+    index = faiss_turboquant.index_factory(8, desc, faiss.METRIC_L2)
+    index.train(x)
+    if desc.startswith("IDMap"):
+        index.add_with_ids(x, np.arange(200) + 7)
+    else:
+        index.add(x)
+    blob = faiss.serialize_index(index)
+    assert b"IxSQ" in blob.tobytes()
+    back = faiss.deserialize_index(blob)
+    D1, I1 = index.search(x[:5], 4)
+    D2, I2 = back.search(x[:5], 4)
+    np.testing.assert_array_equal(I1, I2)
+    np.testing.assert_array_equal(D1, D2)
+
+
+@pytest.mark.parametrize("what", ["codes", "trained", "qtype"])
+def test_corrupt_scalar_quantizer_is_rejected(what):
+    index = faiss.index_factory(8, "SQ8")
+    x = np.random.default_rng(5).standard_normal((20, 8)).astype("float32")
+    index.train(x)
+    index.add(x)
+    blob = bytearray(faiss.serialize_index(index).tobytes())
+    pos = 4 + 4 + 8 + 8 + 8 + 1 + 4  # qtype, rangestat, arg, d, code_size, trained, codes
+    if what == "qtype":
+        struct.pack_into("<i", blob, pos, 77)
+    elif what == "trained":
+        struct.pack_into("<Q", blob, pos + 4 + 4 + 4 + 8 + 8, 1 << 36)
+    else:
+        struct.pack_into("<Q", blob, pos + 28 + 8 + 16 * 4, 1 << 36)
+    with pytest.raises(RuntimeError, match="corrupt"):
+        faiss.deserialize_index(np.frombuffer(bytes(blob), dtype="uint8"))
+
+
+@pytest.mark.parametrize("qtype", ["QT_4bit_uniform", "QT_8bit_uniform", "QT_8bit_direct"])
+def test_scalar_quantizer_uniform_and_direct_types(qtype):
+    x = np.floor(np.random.default_rng(6).uniform(0, 200, (100, 8))).astype("float32")
+    index = faiss.IndexScalarQuantizer(8, getattr(faiss.ScalarQuantizer, qtype))
+    index.train(x)
+    index.add(x)
+    back = faiss.deserialize_index(faiss.serialize_index(index))
+    np.testing.assert_array_equal(index.search(x[:3], 3)[1], back.search(x[:3], 3)[1])

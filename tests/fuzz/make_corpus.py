@@ -39,6 +39,7 @@ SPECS = [
     ("pca8_ivf4_tq4_d16", 16, "PCA8,IVF4,TQ4", "L2", 30, None),
     ("tq4_rflat_d16", 16, "TQ4,RFlat", "L2", 8, None),
     ("ivf4hnsw_tq4_d8", 8, "IVF4_HNSW4,TQ4", "L2", 12, None),
+    ("tq4_refine_sq8_d8", 8, "TQ4,Refine(SQ8)", "L2", 12, None),
     ("tq4_d64", 64, "TQ4", "L2", 4, None),
     # FAISS transform blocks inside our TQPt (parsed by our reader in FAISS's layout)
     ("l2norm_tq4_d16", 16, "L2norm,TQ4", "IP", 8, None),
@@ -51,6 +52,7 @@ SPECS = [
     ("faiss_idmap_flat_d8", 8, "IDMap,Flat", "L2", 6, "ids"),
     ("faiss_idmap2_flat_ip_d8", 8, "IDMap2,Flat", "IP", 6, "ids"),
     ("faiss_hnsw4_d8", 8, "HNSW4", "L2", 12, None),
+    ("faiss_sq8_d8", 8, "SQ8", "L2", 12, None),
 ]
 
 
