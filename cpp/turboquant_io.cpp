@@ -499,8 +499,9 @@ void get_faiss_vector(IOReader* f, std::vector<T>& v, uint64_t max_count) {
     }
 }
 
-/// read_index_header's layout: d, ntotal, two unused words, is_trained, metric[, arg]
-Header get_faiss_header(IOReader* f) {
+/// read_index_header's layout: d, ntotal, two unused words, is_trained, metric[, arg];
+/// `l2_or_ip`: the index type supports only those two metrics
+Header get_faiss_header(IOReader* f, bool l2_or_ip = false) {
     Header h;
     h.d = get<int32_t>(f);
     h.ntotal = get<int64_t>(f);
@@ -515,6 +516,10 @@ Header get_faiss_header(IOReader* f) {
             "corrupt file: ntotal %lld",
             (long long)h.ntotal);
     FAISS_THROW_IF_NOT_MSG(trained <= 1, "corrupt file: is_trained flag");
+    FAISS_THROW_IF_NOT_FMT(
+            !l2_or_ip || h.metric == METRIC_L2 || h.metric == METRIC_INNER_PRODUCT,
+            "corrupt file: metric %d",
+            h.metric);
     h.is_trained = trained;
     return h;
 }
@@ -607,10 +612,7 @@ InvertedLists* read_faiss_invlists(IOReader* f, uint64_t nlist, size_t code_size
 
 /// IwFl: IVF header (nlist, nprobe, quantizer, direct map), then the lists of raw floats
 Index* read_faiss_ivfflat(IOReader* f, int io_flags, int depth) {
-    Header h = get_faiss_header(f);
-    FAISS_THROW_IF_NOT_MSG(
-            h.metric == METRIC_L2 || h.metric == METRIC_INNER_PRODUCT,
-            "corrupt file: IVF metric");
+    Header h = get_faiss_header(f, true);
     uint64_t nlist = get<uint64_t>(f), nprobe = get<uint64_t>(f);
     FAISS_THROW_IF_NOT_MSG(nlist >= 1 && nlist <= kMaxNlist, "corrupt file: nlist");
     FAISS_THROW_IF_NOT_MSG(nprobe >= 1 && nprobe <= (uint64_t(1) << 40), "corrupt file: nprobe");
@@ -646,10 +648,7 @@ Index* read_faiss_ivfflat(IOReader* f, int io_flags, int depth) {
 
 /// IHNf: header, the HNSW graph (read_HNSW's layout), then the flat storage index
 Index* read_faiss_hnswflat(IOReader* f, int io_flags, int depth) {
-    Header h = get_faiss_header(f);
-    FAISS_THROW_IF_NOT_MSG(
-            h.metric == METRIC_L2 || h.metric == METRIC_INNER_PRODUCT,
-            "corrupt file: HNSW metric");
+    Header h = get_faiss_header(f, true);
     std::unique_ptr<IndexHNSWFlat> idx(new IndexHNSWFlat());
     apply_header(idx.get(), h);
     HNSW& g = idx->hnsw;
