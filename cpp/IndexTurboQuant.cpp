@@ -158,9 +158,9 @@ void search_fast_one(
 }
 
 /* Integer fast scan for many queries: an integer matrix product. Queries are packed in
- * panels of 16; each thread takes 64 queries, unpacks blocks of 32 codes to 8-bit
- * centroids once for all of them (decode_i8) and multiplies the block into the panels
- * (scan_panels_i8). The candidates and the estimator are those of search_fast_one, so a
+ * panels of 16; each thread task takes up to 256 queries, unpacks blocks of 32 codes to
+ * 8-bit centroids once for all of them (decode_i8) and multiplies the block into the
+ * panels (scan_panels_i8). The candidates and the estimator are those of search_fast_one, so a
  * query gets the same results alone or in a batch. */
 template <class C>
 void search_fast_batch(
