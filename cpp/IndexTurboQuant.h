@@ -17,7 +17,7 @@ struct IndexTurboQuant : IndexFlatCodes {
     /// from this many queries on, search decodes blocks of codes once and scores all
     /// queries with a BLAS matrix product (same estimator, different float rounding)
     idx_t batch_search_threshold = 20;
-    /** 1-, 2- and 4-bit codes without QJL, on CPUs with AVX-512 VNNI (and, as its
+    /** 1- to 4-bit codes without QJL, on CPUs with AVX-512 VNNI (and, as its
      * reference, at SIMD level scalar): scan with exact 8-bit integer dot products, keep
      * the best max(2k, k + 16) candidates per query, re-score them with the float kernel
      * (returned distances are float-kernel values). Up to 8 queries share each code load. */

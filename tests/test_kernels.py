@@ -45,7 +45,7 @@ def test_simd_levels_bit_identical(d, nbits, qjl):
         np.testing.assert_array_equal(results[0], r, err_msg="SIMD level %d differs" % lvl)
 
 
-@pytest.mark.parametrize("nbits", [1, 2, 4])
+@pytest.mark.parametrize("nbits", [1, 2, 3, 4])
 @pytest.mark.parametrize("metric", [faiss.METRIC_INNER_PRODUCT, faiss.METRIC_L2])
 def test_fast_scan_matches_float_path(real, metric, nbits):
     xb, xq = real
@@ -112,7 +112,7 @@ def test_shape_checked_even_under_python_O(cls):
 
 
 @pytest.mark.parametrize("nq", [1, 3, 16, 17, 70])
-@pytest.mark.parametrize("nbits", [1, 2, 4])
+@pytest.mark.parametrize("nbits", [1, 2, 3, 4])
 def test_fast_scan_groups_equal_single_queries(real, nq, nbits):
     """A batch (from 16 queries: the integer matrix product over panels of 16 queries)
     gives exactly the results of one-by-one scans: the integer sums and the estimator do
@@ -128,7 +128,7 @@ def test_fast_scan_groups_equal_single_queries(real, nq, nbits):
 
 
 @pytest.mark.parametrize("d", [384, 130, 37, 8, 1])
-@pytest.mark.parametrize("nbits", [1, 2, 4])
+@pytest.mark.parametrize("nbits", [1, 2, 3, 4])
 @pytest.mark.parametrize("metric", [faiss.METRIC_INNER_PRODUCT, faiss.METRIC_L2])
 @pytest.mark.parametrize("nq", [1, 21])
 def test_fast_scan_scalar_reference_identical(d, nbits, metric, nq):

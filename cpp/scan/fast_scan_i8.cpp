@@ -29,6 +29,17 @@ const bool kHasVbmi = cpu_has("vbmi");
 
 } // namespace
 
+bool fast_scan_i8_supports(int nbits) {
+    if (nbits == 1 || nbits == 2 || nbits == 4) {
+        return true;
+    }
+#if defined(__x86_64__)
+    return nbits == 3 && (kHasVbmi || simd_level() == 0);
+#else
+    return nbits == 3;
+#endif
+}
+
 bool fast_scan_i8_simd() {
 #if defined(__x86_64__)
     return simd_level() >= 2 && kHasVnni;
@@ -58,7 +69,7 @@ void prepare_query_i8(
         int nbits,
         float qnorm2,
         QueryI8& out) {
-    const int cpb = 8 / nbits, ncen = 1 << nbits;
+    const int ncen = 1 << nbits;
     float qmax = 0, cmax = 0;
     for (size_t i = 0; i < d; i++) {
         qmax = std::max(qmax, std::fabs(qrot[i]));
@@ -73,31 +84,37 @@ void prepare_query_i8(
     }
     out.nbits = nbits;
     out.code_bytes = (d * nbits + 7) / 8;
-    out.ngroups = (out.code_bytes + 63) / 64;
+    out.ngroups = (out.code_bytes + out.group_bytes() - 1) / out.group_bytes();
     out.q8.assign(out.row_length(), 0);
     int32_t sum = 0;
-    int8_t* q8 = out.q8.data();
-    for (size_t byte = 0; byte < out.code_bytes; byte++) { // coordinate byte * cpb + s
-        int8_t* dst = q8 + byte / 64 * cpb * 64 + byte % 64;
-        for (int s = 0; s < cpb && byte * cpb + s < d; s++) {
-            const int8_t v = int8_t(round_int(qrot[byte * cpb + s] * qscale));
-            sum += v;
-            dst[s * 64] = v;
-        }
+    for (size_t i = 0; i < d; i++) {
+        const int8_t v = int8_t(round_int(qrot[i] * qscale));
+        sum += v;
+        out.q8[out.q8_position(i)] = v;
     }
     out.bias = 128 * sum;
     out.inv_scale = qscale > 0 && cscale > 0 ? 1.0f / (qscale * cscale) : 0.0f;
     out.qnorm2 = qnorm2;
 }
 
+namespace {
+
+// code i of a vector, bytes past code_bytes read as zero (as the masked loads do)
+inline int code_at(const uint8_t* code, size_t i, const QueryI8& q) {
+    const size_t bit = i * q.nbits;
+    uint32_t w = 0;
+    for (size_t b = bit / 8; b < bit / 8 + 2 && b < q.code_bytes; b++) {
+        w |= uint32_t(code[b]) << (8 * (b - bit / 8));
+    }
+    return (w >> (bit % 8)) & ((1 << q.nbits) - 1);
+}
+
+} // namespace
+
 int32_t dot_sum_i8(const uint8_t* code, const QueryI8& q) {
-    const int cpb = 8 / q.nbits, mask = (1 << q.nbits) - 1;
     int32_t acc = 0;
-    for (size_t b = 0; b < q.code_bytes; b++) {
-        const int8_t* qs = q.q8.data() + (b / 64 * cpb) * 64 + b % 64;
-        for (int s = 0; s < cpb; s++) {
-            acc += int32_t(q.table[(code[b] >> (s * q.nbits)) & mask]) * qs[s * 64];
-        }
+    for (size_t i = 0; i < q.row_length(); i++) {
+        acc += int32_t(q.table[code_at(code, i, q)]) * q.q8[q.q8_position(i)];
     }
     return acc;
 }
@@ -163,15 +180,10 @@ size_t scan_i8_scalar(
 }
 
 void decode_scalar(const uint8_t* codes, size_t stride, size_t n, const QueryI8& q, uint8_t* rows) {
-    const int cpb = 8 / q.nbits, mask = (1 << q.nbits) - 1;
     const size_t L = q.row_length();
     for (size_t v = 0; v < n; v++) {
-        uint8_t* row = rows + v * L;
-        for (size_t b = 0; b < q.ngroups * 64; b++) {
-            const int byte = b < q.code_bytes ? codes[v * stride + b] : 0;
-            for (int s = 0; s < cpb; s++) {
-                row[(b / 64 * cpb + s) * 64 + b % 64] = q.table[(byte >> (s * q.nbits)) & mask];
-            }
+        for (size_t i = 0; i < L; i++) {
+            rows[v * L + q.q8_position(i)] = q.table[code_at(codes + v * stride, i, q)];
         }
     }
 }
@@ -244,9 +256,26 @@ TQ_AVX512_VNNI TQ_INLINE __m512i reduce16(const __m512i* acc) {
             _mm512_shuffle_i32x4(t0, t1, 0x88), _mm512_shuffle_i32x4(t0, t1, 0xDD));
 }
 
-/// the 8-bit centroids of code stream s of 64 code bytes x
+/// the 8-bit centroids of code stream s of the group x (64 code bytes; for 3 bits the
+/// first 24 bytes, whose 64 codes are spread to one byte each: a byte permute puts each
+/// 3-byte run of 8 codes in its own 64-bit word, a multishift moves code k to byte k)
+// 3-bit spreading: byte 8w + m of the permuted group is source byte 3w + min(m, 2), and
+// byte k of each 64-bit word then takes bits 3k.. of its word
+alignas(64) const uint8_t kRuns3[64] = {
+        0,  1,  2,  2,  2,  2,  2,  2,  3,  4,  5,  5,  5,  5,  5,  5,
+        6,  7,  8,  8,  8,  8,  8,  8,  9,  10, 11, 11, 11, 11, 11, 11,
+        12, 13, 14, 14, 14, 14, 14, 14, 15, 16, 17, 17, 17, 17, 17, 17,
+        18, 19, 20, 20, 20, 20, 20, 20, 21, 22, 23, 23, 23, 23, 23, 23};
+const uint64_t kShifts3 = 0x15120F0C09060300ULL; // 0, 3, ..., 21
+
 template <int NBITS, bool VBMI>
 TQ_AVX512_VNNI TQ_INLINE __m512i stream_values(__m512i x, int s, __m512i table) {
+    if (NBITS == 3) { // VBMI only (fast_scan_i8_supports)
+        const __m512i runs = _mm512_permutexvar_epi8(_mm512_load_si512(kRuns3), x);
+        return _mm512_permutexvar_epi8(
+                _mm512_multishift_epi64_epi8(_mm512_set1_epi64(int64_t(kShifts3)), runs),
+                table);
+    }
     const __m512i idx = s == 0 ? x : _mm512_srli_epi16(x, s * NBITS);
     if (VBMI) { // the 64-entry table repeats every 2^NBITS entries: no masking needed
         return _mm512_permutexvar_epi8(idx, table);
@@ -279,7 +308,8 @@ TQ_AVX512_VNNI TQ_INLINE __m512i sums16(
         size_t stride,
         const QueryI8& q,
         const __m512i table) {
-    constexpr int CPB = 8 / NBITS;
+    constexpr int CPB = NBITS == 3 ? 1 : 8 / NBITS;  // streams per group
+    constexpr size_t GB = NBITS == 3 ? 24 : 64;     // code bytes per group
     const size_t ngroups = q.ngroups, code_bytes = q.code_bytes;
     const size_t s1 = stride, s3 = 3 * stride, s5 = 5 * stride, s7 = 7 * stride;
     const uint8_t* next = codes + 64 * stride; // four blocks ahead: covers L3 latency
@@ -292,10 +322,10 @@ TQ_AVX512_VNNI TQ_INLINE __m512i sums16(
     const uint8_t* hi = codes + 8 * stride; // codes 8..15
     const uint8_t* pf = next;              // 16 lines of that block per group
     const int8_t* qs = q.q8.data();
-    for (size_t g = 0; g < ngroups; g++, lo += 64, hi += 64, pf += 1024, qs += CPB * 64) {
-        const size_t off = g * 64;
-        const __mmask64 m =
-                off + 64 <= code_bytes ? ~__mmask64(0) : (__mmask64(1) << (code_bytes - off)) - 1;
+    for (size_t g = 0; g < ngroups; g++, lo += GB, hi += GB, pf += 1024, qs += CPB * 64) {
+        const size_t off = g * GB;
+        const __mmask64 m = off + GB <= code_bytes ? (~__mmask64(0) >> (64 - GB))
+                                                   : (__mmask64(1) << (code_bytes - off)) - 1;
 #define b0_base lo
 #define b1_base lo
 #define b2_base lo
@@ -434,14 +464,15 @@ TQ_AVX512_VNNI void decode_avx512(
         size_t n,
         const QueryI8& q,
         uint8_t* rows) {
-    constexpr int CPB = 8 / NBITS;
+    constexpr int CPB = NBITS == 3 ? 1 : 8 / NBITS;
+    constexpr size_t GB = NBITS == 3 ? 24 : 64;
     const __m512i table = _mm512_loadu_si512(q.table);
     const size_t L = q.row_length();
     for (size_t v = 0; v < n; v++) {
         for (size_t g = 0; g < q.ngroups; g++) {
-            const size_t off = g * 64;
-            const __mmask64 m = off + 64 <= q.code_bytes
-                    ? ~__mmask64(0)
+            const size_t off = g * GB;
+            const __mmask64 m = off + GB <= q.code_bytes
+                    ? (~__mmask64(0) >> (64 - GB))
                     : (__mmask64(1) << (q.code_bytes - off)) - 1;
             const __m512i x = _mm512_maskz_loadu_epi8(m, codes + v * stride + off);
             uint8_t* out = rows + v * L + g * CPB * 64;
@@ -578,6 +609,7 @@ template <bool VBMI>
 scan_fn scan_for(int nbits) {
     return nbits == 1 ? scan_i8_avx512<1, VBMI>
             : nbits == 2 ? scan_i8_avx512<2, VBMI>
+            : nbits == 3 ? scan_i8_avx512<3, true>
                          : scan_i8_avx512<4, VBMI>;
 }
 
@@ -585,6 +617,7 @@ template <bool VBMI>
 decode_fn decode_for(int nbits) {
     return nbits == 1 ? decode_avx512<1, VBMI>
             : nbits == 2 ? decode_avx512<2, VBMI>
+            : nbits == 3 ? decode_avx512<3, true>
                          : decode_avx512<4, VBMI>;
 }
 #endif

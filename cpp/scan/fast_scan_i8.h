@@ -1,4 +1,4 @@
-// Integer fast scan for 1-, 2- and 4-bit codes: 8-bit query and codebook, exact int32
+// Integer fast scan for 1- to 4-bit codes: 8-bit query and codebook, exact int32
 // dot products (AVX-512 VNNI), candidates re-scored by the float kernel afterwards.
 #pragma once
 
@@ -19,11 +19,13 @@ namespace tq_kernels {
  * approx_distance() applies TurboQuantizer::finish_distances' estimator to
  *   dot ~= (S - bias) / (qscale * cscale),  bias = 128 * sum_i q8_i.
  *
- * Codes are read in groups of 64 bytes (64 * 8 / nbits coordinates). Byte j of a group
- * holds coordinates j * cpb + s for s = 0..cpb-1 (cpb = 8 / nbits codes per byte, code s
- * in bits s * nbits ...). The kernels extract "stream" s of all 64 bytes at once, so the
- * query is stored per group as cpb streams of 64 values: stream s, position j holds
- * coordinate j * cpb + s. Coordinates >= d have q8 = 0 (the last group is padded). */
+ * Codes are read in groups of group_bytes() bytes. For 1, 2 and 4 bits a group is 64 bytes
+ * and byte j holds coordinates j * cpb + s for s = 0..cpb-1 (cpb = 8 / nbits codes per
+ * byte, code s in bits s * nbits ...): the kernels extract "stream" s of all 64 bytes at
+ * once, so the query is stored per group as cpb streams of 64 values (stream s, position
+ * j: coordinate j * cpb + s). For 3 bits a group is 24 bytes = 64 codes, spread to one
+ * byte each (byte permute + multishift), so the query is in natural order. Positions past
+ * the code (padding of the last group) have q8 = 0. q8_position() is the mapping. */
 struct QueryI8 {
     int nbits = 4;
     size_t ngroups = 0;     ///< groups of 64 code bytes
@@ -34,16 +36,31 @@ struct QueryI8 {
     float qnorm2 = 0;       ///< ||q||^2 (L2 distances)
     uint8_t table[64];      ///< c8[e % 2^nbits] at e: one 64-entry byte-permute table
 
+    /// code bytes per group: 64, or 24 (64 codes) for 3 bits
+    size_t group_bytes() const {
+        return nbits == 3 ? 24 : 64;
+    }
+    /// 64-value streams per group
+    int streams() const {
+        return nbits == 3 ? 1 : 8 / nbits;
+    }
     /// values per vector in stream order (a multiple of 64)
     size_t row_length() const {
-        return ngroups * 64 * (8 / nbits);
+        return ngroups * 64 * streams();
+    }
+    /// position in q8 (and in a decoded row) of coordinate i, i < row_length()
+    size_t q8_position(size_t i) const {
+        if (nbits == 3) {
+            return i;
+        }
+        const size_t cpb = 8 / nbits, byte = i / cpb;
+        return (byte / 64 * cpb + i % cpb) * 64 + byte % 64;
     }
 };
 
-/// the bit widths the integer fast scan handles
-inline bool fast_scan_i8_supports(int nbits) {
-    return nbits == 1 || nbits == 2 || nbits == 4;
-}
+/// the bit widths the integer fast scan handles at the current SIMD level (3 bits needs
+/// the VBMI byte permutes; the scalar reference handles all four)
+bool fast_scan_i8_supports(int nbits);
 
 /// true when the CPU has the instructions that make the integer scan pay (AVX-512 VNNI)
 /// and the SIMD level is not capped below AVX-512
