@@ -383,9 +383,10 @@ void search_impl(
         const IDSelector* sel) {
     const TurboQuantizer& tq = index.tq;
     const size_t d = index.d;
-    if (fast_scan_eligible(index, sel) && n >= 16) { // integer matrix product
+    const bool fast = fast_scan_eligible(index, sel);
+    if (fast && n >= 16) { // integer matrix product
         search_fast_batch<C>(index, n, x, k, distances, labels);
-    } else if (fast_scan_eligible(index, sel)) { // integer scan, one query per thread
+    } else if (fast) { // integer scan, one query per thread
 #pragma omp parallel for if (n > 1)
         for (idx_t q = 0; q < n; q++) {
             TurboQuantizer::Query query;

@@ -174,6 +174,17 @@ void get_bytes(IOReader* f, std::vector<uint8_t>& v, size_t n) {
     }
 }
 
+/// n elements of T (n already checked), read in chunks through get_bytes
+template <class T>
+void get_elements(IOReader* f, std::vector<T>& v, uint64_t n) {
+    std::vector<uint8_t> raw;
+    get_bytes(f, raw, n * sizeof(T));
+    v.resize(n);
+    if (n) {
+        std::memcpy(v.data(), raw.data(), n * sizeof(T));
+    }
+}
+
 void get_ids(IOReader* f, std::vector<idx_t>& ids, uint64_t expected) {
     uint64_t n = get<uint64_t>(f);
     FAISS_THROW_IF_NOT_FMT(
@@ -181,12 +192,7 @@ void get_ids(IOReader* f, std::vector<idx_t>& ids, uint64_t expected) {
             "TurboQuant: corrupt file: %llu ids for %llu vectors",
             (unsigned long long)n,
             (unsigned long long)expected);
-    std::vector<uint8_t> raw;
-    get_bytes(f, raw, n * sizeof(idx_t));
-    ids.resize(n);
-    if (n) {
-        std::memcpy(ids.data(), raw.data(), n * sizeof(idx_t));
-    }
+    get_elements(f, ids, n);
 }
 
 struct Header {
@@ -491,12 +497,7 @@ void get_faiss_vector(IOReader* f, std::vector<T>& v, uint64_t max_count) {
             "corrupt file: vector of %llu elements (at most %llu expected)",
             (unsigned long long)n,
             (unsigned long long)max_count);
-    std::vector<uint8_t> raw;
-    get_bytes(f, raw, n * sizeof(T));
-    v.resize(n);
-    if (n) {
-        std::memcpy(v.data(), raw.data(), n * sizeof(T));
-    }
+    get_elements(f, v, n);
 }
 
 /// read_index_header's layout: d, ntotal, two unused words, is_trained, metric[, arg];
@@ -870,12 +871,7 @@ void get_floats(IOReader* f, std::vector<float>& v, std::initializer_list<uint64
         ok = ok || n == a;
     }
     FAISS_THROW_IF_NOT_MSG(ok, "TurboQuant: corrupt file: transform array size");
-    std::vector<uint8_t> raw;
-    get_bytes(f, raw, n * sizeof(float));
-    v.resize(n);
-    if (n) {
-        std::memcpy(v.data(), raw.data(), n * sizeof(float));
-    }
+    get_elements(f, v, n);
 }
 
 VectorTransform* read_linear(IOReader* f) {
