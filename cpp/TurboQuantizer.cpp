@@ -55,6 +55,10 @@ void TurboQuantizer::init() {
             correction >= TQ_CORRECTION_PLAIN && correction <= TQ_CORRECTION_LSQ,
             "TurboQuant: unknown correction %d",
             correction);
+    FAISS_THROW_IF_NOT_FMT(
+            scale_search >= 1 && scale_search <= 9,
+            "TurboQuant: scale_search=%d must be in 1..9",
+            scale_search);
     codebook = LloydMaxCodebook(d, nbits);
     centroid_table = codebook.centroids;
     centroid_table.resize(
@@ -113,54 +117,66 @@ void TurboQuantizer::check_finite(size_t n, const float* x, const char* what) co
 
 namespace {
 
-/* Quantisation of one SoA block (8 vectors, d rows): u = y * inv per lane, code =
- * #{j : boundary_j < u}, codes stored C[i * 8 + lane], and per lane, in increasing i,
- * uc += u * centroid and cc += centroid^2 in float64 (the documented order). */
+/* Quantisation of one SoA block (8 vectors, d rows) at grid scales t (one per lane):
+ * u = y * inv per lane, code = #{j : boundary_j < u * t} (float32 products), codes stored C[i * 8 + lane];
+ * per lane uc = sum u * centroid and cc = sum centroid^2 in float64, u unscaled (so
+ * uc / sqrt(cc) is the cosine criterion of the scale search). The documented order of
+ * the sums: two partial sums per lane, over the even and over the odd rows, each in
+ * increasing i, then even + odd (two chains: the scale search runs this several times per
+ * vector and one chain of d dependent adds would bound it). The reference does the same. */
 typedef void (*quantize_block_fn)(
         const float* Y,
         const float* inv,
+        const float* t,
         size_t d,
         const float* bnd,
         const float* cen,
-        int K,
         uint8_t* C,
         double* uc,
         double* cc);
 
+template <int K>
 void quantize_block_scalar(
         const float* Y,
         const float* inv,
+        const float* t,
         size_t d,
         const float* bnd,
         const float* cen,
-        int K,
         uint8_t* C,
         double* uc,
         double* cc) {
+    double ucp[2][8] = {}, ccp[2][8] = {};
     for (size_t i = 0; i < d; i++) {
         for (int l = 0; l < 8; l++) {
-            float u = Y[i * 8 + l] * inv[l];
+            const float u = Y[i * 8 + l] * inv[l], ut = u * t[l];
             int c = 0; // branchless descent
             for (int s = K / 2; s >= 1; s /= 2) {
-                c += bnd[c + s - 1] < u ? s : 0;
+                c += bnd[c + s - 1] < ut ? s : 0;
             }
             C[i * 8 + l] = uint8_t(c);
-            uc[l] += double(u) * double(cen[c]);
-            cc[l] += double(cen[c]) * double(cen[c]);
+            ucp[i % 2][l] += double(u) * double(cen[c]);
+            ccp[i % 2][l] += double(cen[c]) * double(cen[c]);
         }
+    }
+    for (int l = 0; l < 8; l++) {
+        uc[l] = ucp[0][l] + ucp[1][l];
+        cc[l] = ccp[0][l] + ccp[1][l];
     }
 }
 
 #if defined(__x86_64__)
-// up to 16 cells: count the boundaries below u (no dependent loads), look the centroid
-// up in registers, accumulate the float64 sums on 2 x 4 lanes
+/* AVX2, one row (8 lanes) per step: the code is the count of boundaries below u * t (the
+ * same number as the descent: the boundaries increase), the centroid a two-register
+ * lookup; rows alternate between the even and the odd float64 sums. */
+template <int K>
 __attribute__((target("avx2"))) void quantize_block_avx2(
         const float* Y,
         const float* inv,
+        const float* t,
         size_t d,
         const float* bnd,
         const float* cen,
-        int K,
         uint8_t* C,
         double* uc,
         double* cc) {
@@ -169,50 +185,241 @@ __attribute__((target("avx2"))) void quantize_block_avx2(
         table[j] = cen[j];
     }
     const __m256 tlo = _mm256_loadu_ps(table), thi = _mm256_loadu_ps(table + 8);
-    const __m256 invv = _mm256_loadu_ps(inv);
-    __m256d uc0 = _mm256_loadu_pd(uc), uc1 = _mm256_loadu_pd(uc + 4);
-    __m256d cc0 = _mm256_loadu_pd(cc), cc1 = _mm256_loadu_pd(cc + 4);
+    const __m256 invv = _mm256_loadu_ps(inv), tv = _mm256_loadu_ps(t);
+    // [parity][lanes 0-3 / 4-7], named so that they stay in registers
+    __m256d uc00 = _mm256_setzero_pd(), uc01 = _mm256_setzero_pd();
+    __m256d uc10 = _mm256_setzero_pd(), uc11 = _mm256_setzero_pd();
+    __m256d cc00 = _mm256_setzero_pd(), cc01 = _mm256_setzero_pd();
+    __m256d cc10 = _mm256_setzero_pd(), cc11 = _mm256_setzero_pd();
     for (size_t i = 0; i < d; i++) {
         const __m256 u = _mm256_mul_ps(_mm256_loadu_ps(Y + i * 8), invv);
+        const __m256 ut = _mm256_mul_ps(u, tv);
         __m256i c = _mm256_setzero_si256();
         for (int j = 0; j + 1 < K; j++) {
             c = _mm256_sub_epi32(
                     c,
                     _mm256_castps_si256(
-                            _mm256_cmp_ps(_mm256_set1_ps(bnd[j]), u, _CMP_LT_OQ)));
+                            _mm256_cmp_ps(_mm256_set1_ps(bnd[j]), ut, _CMP_LT_OQ)));
         }
-        __m256 cv = _mm256_blendv_ps(
+        const __m256 cv = _mm256_blendv_ps(
                 _mm256_permutevar8x32_ps(tlo, c),
                 _mm256_permutevar8x32_ps(thi, c),
                 _mm256_castsi256_ps(_mm256_slli_epi32(c, 28)));
-        // codes to bytes: 8 int32 lanes -> 8 bytes
-        __m128i c16 = _mm_packus_epi32(
+        const __m128i c16 = _mm_packus_epi32(
                 _mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
-        __m128i c8 = _mm_packus_epi16(c16, c16);
-        _mm_storel_epi64((__m128i*)(C + i * 8), c8);
-        __m256d u0 = _mm256_cvtps_pd(_mm256_castps256_ps128(u));
-        __m256d u1 = _mm256_cvtps_pd(_mm256_extractf128_ps(u, 1));
-        __m256d c0 = _mm256_cvtps_pd(_mm256_castps256_ps128(cv));
-        __m256d c1 = _mm256_cvtps_pd(_mm256_extractf128_ps(cv, 1));
-        uc0 = _mm256_add_pd(uc0, _mm256_mul_pd(u0, c0));
-        uc1 = _mm256_add_pd(uc1, _mm256_mul_pd(u1, c1));
-        cc0 = _mm256_add_pd(cc0, _mm256_mul_pd(c0, c0));
-        cc1 = _mm256_add_pd(cc1, _mm256_mul_pd(c1, c1));
+        _mm_storel_epi64((__m128i*)(C + i * 8), _mm_packus_epi16(c16, c16));
+        const __m256d u0 = _mm256_cvtps_pd(_mm256_castps256_ps128(u));
+        const __m256d u1 = _mm256_cvtps_pd(_mm256_extractf128_ps(u, 1));
+        const __m256d c0 = _mm256_cvtps_pd(_mm256_castps256_ps128(cv));
+        const __m256d c1 = _mm256_cvtps_pd(_mm256_extractf128_ps(cv, 1));
+        if (i % 2 == 0) {
+            uc00 = _mm256_add_pd(uc00, _mm256_mul_pd(u0, c0));
+            uc01 = _mm256_add_pd(uc01, _mm256_mul_pd(u1, c1));
+            cc00 = _mm256_add_pd(cc00, _mm256_mul_pd(c0, c0));
+            cc01 = _mm256_add_pd(cc01, _mm256_mul_pd(c1, c1));
+        } else {
+            uc10 = _mm256_add_pd(uc10, _mm256_mul_pd(u0, c0));
+            uc11 = _mm256_add_pd(uc11, _mm256_mul_pd(u1, c1));
+            cc10 = _mm256_add_pd(cc10, _mm256_mul_pd(c0, c0));
+            cc11 = _mm256_add_pd(cc11, _mm256_mul_pd(c1, c1));
+        }
     }
-    _mm256_storeu_pd(uc, uc0);
-    _mm256_storeu_pd(uc + 4, uc1);
-    _mm256_storeu_pd(cc, cc0);
-    _mm256_storeu_pd(cc + 4, cc1);
+    _mm256_storeu_pd(uc, _mm256_add_pd(uc00, uc10));
+    _mm256_storeu_pd(uc + 4, _mm256_add_pd(uc01, uc11));
+    _mm256_storeu_pd(cc, _mm256_add_pd(cc00, cc10));
+    _mm256_storeu_pd(cc + 4, _mm256_add_pd(cc01, cc11));
 }
 #endif
 
-quantize_block_fn get_quantize_block(int K) {
 #if defined(__x86_64__)
-    if (K <= 16 && tq_kernels::simd_level() >= 1) {
-        return quantize_block_avx2;
+/// the lower (h = 0) or upper (h = 1) 8 floats (AVX-512F only, no DQ)
+__attribute__((target("avx512f"))) __attribute__((always_inline)) inline __m256 half8(__m512 v, int h) {
+    return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), h));
+}
+
+/// codes of 16 values: the branchless descent of the scalar version, boundaries in a register
+template <int K>
+__attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) inline __m512i
+descend16(__m512 ut, __m512 bt) {
+    __m512i c = _mm512_setzero_si512();
+    for (int s = K / 2; s >= 1; s /= 2) {
+        const __m512 b = _mm512_permutexvar_ps(_mm512_add_epi32(c, _mm512_set1_epi32(s - 1)), bt);
+        c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(b, ut, _CMP_LT_OQ), c, _mm512_set1_epi32(s));
+    }
+    return c;
+}
+
+/// the float64 sums of two rows: row 0 into the even chains, row 1 (if any) into the odd
+__attribute__((target("avx512f"), always_inline)) inline void accumulate_rows(
+        __m512 u,
+        __m512 cv,
+        bool pair,
+        __m512d& uc_even,
+        __m512d& cc_even,
+        __m512d& uc_odd,
+        __m512d& cc_odd) {
+    const __m512d u0 = _mm512_cvtps_pd(half8(u, 0)), c0 = _mm512_cvtps_pd(half8(cv, 0));
+    uc_even = _mm512_add_pd(uc_even, _mm512_mul_pd(u0, c0));
+    cc_even = _mm512_add_pd(cc_even, _mm512_mul_pd(c0, c0));
+    if (pair) {
+        const __m512d u1 = _mm512_cvtps_pd(half8(u, 1)), c1 = _mm512_cvtps_pd(half8(cv, 1));
+        uc_odd = _mm512_add_pd(uc_odd, _mm512_mul_pd(u1, c1));
+        cc_odd = _mm512_add_pd(cc_odd, _mm512_mul_pd(c1, c1));
+    }
+}
+
+/* Two rows (16 values) per register: the same codes as the scalar descent (boundaries and
+ * centroids held in one register each); row i goes to the even partial sums, row i + 1 to
+ * the odd ones. Eight rows per step: the descent is a chain of dependent permutes and
+ * compares, and four independent chains side by side keep the pipes busy (one at a time
+ * is latency-bound at ~3x the cost). */
+template <int K>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void quantize_block_avx512(
+        const float* Y,
+        const float* inv,
+        const float* t,
+        size_t d,
+        const float* bnd,
+        const float* cen,
+        uint8_t* C,
+        double* uc,
+        double* cc) {
+    float btab[16] = {0}, ctab[16] = {0};
+    for (int j = 0; j < K; j++) {
+        ctab[j] = cen[j];
+        if (j + 1 < K) {
+            btab[j] = bnd[j];
+        }
+    }
+    const __m512 bt = _mm512_loadu_ps(btab), ct = _mm512_loadu_ps(ctab);
+    const __m256 inv8 = _mm256_loadu_ps(inv);
+    const __m512 invv = _mm512_castpd_ps(_mm512_insertf64x4(
+            _mm512_castps_pd(_mm512_castps256_ps512(inv8)), _mm256_castps_pd(inv8), 1));
+    const __m256 t8 = _mm256_loadu_ps(t);
+    const __m512 tv = _mm512_castpd_ps(_mm512_insertf64x4(
+            _mm512_castps_pd(_mm512_castps256_ps512(t8)), _mm256_castps_pd(t8), 1));
+    // named accumulators: an array would live on the stack and put a store-to-load
+    // forwarding into every add of the chains
+    __m512d uc_even = _mm512_setzero_pd(), uc_odd = _mm512_setzero_pd();
+    __m512d cc_even = _mm512_setzero_pd(), cc_odd = _mm512_setzero_pd();
+    size_t i = 0;
+    for (; i + 8 <= d; i += 8) {
+        const __m512 u0 = _mm512_mul_ps(_mm512_loadu_ps(Y + i * 8), invv);
+        const __m512 u1 = _mm512_mul_ps(_mm512_loadu_ps(Y + i * 8 + 16), invv);
+        const __m512 u2 = _mm512_mul_ps(_mm512_loadu_ps(Y + i * 8 + 32), invv);
+        const __m512 u3 = _mm512_mul_ps(_mm512_loadu_ps(Y + i * 8 + 48), invv);
+        const __m512i c0 = descend16<K>(_mm512_mul_ps(u0, tv), bt);
+        const __m512i c1 = descend16<K>(_mm512_mul_ps(u1, tv), bt);
+        const __m512i c2 = descend16<K>(_mm512_mul_ps(u2, tv), bt);
+        const __m512i c3 = descend16<K>(_mm512_mul_ps(u3, tv), bt);
+        _mm_storeu_si128((__m128i*)(C + i * 8), _mm512_cvtepi32_epi8(c0));
+        _mm_storeu_si128((__m128i*)(C + i * 8 + 16), _mm512_cvtepi32_epi8(c1));
+        _mm_storeu_si128((__m128i*)(C + i * 8 + 32), _mm512_cvtepi32_epi8(c2));
+        _mm_storeu_si128((__m128i*)(C + i * 8 + 48), _mm512_cvtepi32_epi8(c3));
+        accumulate_rows(u0, _mm512_permutexvar_ps(c0, ct), true, uc_even, cc_even, uc_odd, cc_odd);
+        accumulate_rows(u1, _mm512_permutexvar_ps(c1, ct), true, uc_even, cc_even, uc_odd, cc_odd);
+        accumulate_rows(u2, _mm512_permutexvar_ps(c2, ct), true, uc_even, cc_even, uc_odd, cc_odd);
+        accumulate_rows(u3, _mm512_permutexvar_ps(c3, ct), true, uc_even, cc_even, uc_odd, cc_odd);
+    }
+    for (; i < d; i += 2) {
+        const bool pair = i + 1 < d;
+        const __mmask16 m = pair ? __mmask16(0xFFFF) : __mmask16(0x00FF);
+        const __m512 u = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, Y + i * 8), invv);
+        const __m512i c = descend16<K>(_mm512_mul_ps(u, tv), bt);
+        _mm_mask_storeu_epi8(C + i * 8, m, _mm512_cvtepi32_epi8(c));
+        accumulate_rows(u, _mm512_permutexvar_ps(c, ct), pair, uc_even, cc_even, uc_odd, cc_odd);
+    }
+    _mm512_storeu_pd(uc, _mm512_add_pd(uc_even, uc_odd));
+    _mm512_storeu_pd(cc, _mm512_add_pd(cc_even, cc_odd));
+}
+#endif
+
+template <int K>
+quantize_block_fn quantize_block_for_level() {
+#if defined(__x86_64__)
+    if (tq_kernels::simd_level() >= 2) {
+        return quantize_block_avx512<K>;
+    }
+    if (tq_kernels::simd_level() >= 1) {
+        return quantize_block_avx2<K>;
     }
 #endif
-    return quantize_block_scalar;
+    return quantize_block_scalar<K>;
+}
+
+/// AVX-512 / AVX2 for up to 16 cells (boundaries and centroids in registers), the scalar
+/// descent otherwise (all give the same codes and sums)
+quantize_block_fn get_quantize_block(int K) {
+    switch (K) {
+        case 2: return quantize_block_for_level<2>();
+        case 4: return quantize_block_for_level<4>();
+        case 8: return quantize_block_for_level<8>();
+        case 16: return quantize_block_for_level<16>();
+        case 32: return quantize_block_scalar<32>;
+        case 64: return quantize_block_scalar<64>;
+        case 128: return quantize_block_scalar<128>;
+        default: return quantize_block_scalar<256>;
+    }
+}
+
+/* The scale search of a block (pass 0, t = 1 for every lane, is in C / uc / cc already).
+ * Each lane walks the grid t_k = 1 + 0.05 k (search_scale(k)): pass 1 tries k = -1; each
+ * later pass continues one step beyond the lane's best so far (down if it is below 1, up
+ * if above), or, while the best is still t = 1, tries the side not tried yet. A lane takes
+ * the codes of a pass whose cosine criterion uc / sqrt(cc) is strictly larger. Three
+ * passes (1, 0.95, then 0.9 or 1.05) give most of what five fixed scales give, at 3/5 of
+ * the cost. C2 is scratch (d * 8). */
+void search_block_scales(
+        quantize_block_fn quantize_block,
+        int npasses,
+        const float* Y,
+        const float* inv,
+        size_t d,
+        const float* bnd,
+        const float* cen,
+        uint8_t* C,
+        uint8_t* C2,
+        double* uc,
+        double* cc) {
+    double best[8];
+    int kbest[8], klo[8], khi[8];
+    for (int l = 0; l < 8; l++) {
+        best[l] = uc[l] > 0 ? uc[l] / std::sqrt(cc[l]) : -HUGE_VAL;
+        kbest[l] = klo[l] = khi[l] = 0;
+    }
+    for (int p = 1; p < npasses; p++) {
+        float t[8];
+        int ktry[8];
+        for (int l = 0; l < 8; l++) {
+            const bool down = kbest[l] < 0 || (kbest[l] == 0 && klo[l] == 0);
+            const bool up = kbest[l] > 0 || (kbest[l] == 0 && klo[l] < 0 && khi[l] == 0);
+            ktry[l] = down ? --klo[l] : up ? ++khi[l] : 0; // 0: both sides lost, stay
+            t[l] = TurboQuantizer::search_scale(ktry[l]);
+        }
+        double uc2[8], cc2[8];
+        quantize_block(Y, inv, t, d, bnd, cen, C2, uc2, cc2);
+        uint8_t take[8];
+        bool any = false;
+        for (int l = 0; l < 8; l++) {
+            const double crit = uc2[l] > 0 ? uc2[l] / std::sqrt(cc2[l]) : -HUGE_VAL;
+            take[l] = crit > best[l] ? 0xFF : 0;
+            if (take[l]) {
+                best[l] = crit;
+                kbest[l] = ktry[l];
+                uc[l] = uc2[l];
+                cc[l] = cc2[l];
+                any = true;
+            }
+        }
+        if (!any) {
+            continue;
+        }
+        for (size_t i = 0; i < d; i++) {
+            for (int l = 0; l < 8; l++) {
+                C[i * 8 + l] = (C2[i * 8 + l] & take[l]) | (C[i * 8 + l] & ~take[l]);
+            }
+        }
+    }
 }
 
 /// pack the codes of one lane of an SoA block (stride 8) into the b-bit stream
@@ -243,12 +450,13 @@ void TurboQuantizer::encode(size_t n, const float* x, uint8_t* codes) const {
     const bool dense = rotation.kind == TQRotation::DENSE;
     const int64_t nblocks = (n + 7) / 8;
     const quantize_block_fn quantize_block = get_quantize_block(K);
+    const int nscales = nbits >= 2 ? scale_search : 1;
 
 #pragma omp parallel if (n > 64)
     {
         std::vector<float> X(d * 8), Y(d * 8), T(d * 8), R, Z;
         std::vector<float> rowmajor(dense ? d * 8 : 0), rotated(dense ? d * 8 : 0);
-        std::vector<uint8_t> C(d * 8);
+        std::vector<uint8_t> C(d * 8), C2(nscales > 1 ? d * 8 : 0);
         if (qjl_m > 0) {
             R.resize(d * 8);
             Z.resize(d * 8);
@@ -289,7 +497,13 @@ void TurboQuantizer::encode(size_t n, const float* x, uint8_t* codes) const {
                 inv[l] = norm[l] > 0 ? float(sqrt_d / norm[l]) : 0.0f;
             }
             double uc[8] = {0, 0, 0, 0, 0, 0, 0, 0}, cc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            quantize_block(Y.data(), inv, d, bnd, cen, K, C.data(), uc, cc);
+            const float ones[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+            quantize_block(Y.data(), inv, ones, d, bnd, cen, C.data(), uc, cc);
+            if (nscales > 1) {
+                search_block_scales(
+                        quantize_block, nscales, Y.data(), inv, d, bnd, cen, C.data(),
+                        C2.data(), uc, cc);
+            }
             float ipf_f[8];
             for (size_t l = 0; l < nv; l++) {
                 double ipf = 0;

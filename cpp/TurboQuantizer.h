@@ -41,6 +41,14 @@ struct TurboQuantizer {
     int rotation_kind = TQRotation::STRUCTURED;
     int rotation_rounds = 3;
     int correction = TQ_CORRECTION_UNBIASED;
+    /** Per-vector grid scale search: the number of quantisation passes (1 = plain
+     * nearest-centroid codes). Pass k quantises the normalised coordinates scaled by a
+     * t near 1 (each vector walks t = 1, 0.95, then 0.9 or 1.05, ...; see encode) and
+     * each vector keeps the codes whose centroid vector has the largest cosine with it,
+     * i.e. the smallest error of the unbiased inner-product estimate. Only encoding
+     * changes: codes and estimator stay the same, so search costs nothing more. Ignored
+     * for 1-bit codes (a sign does not scale). */
+    int scale_search = 3;
 
     // ---- derived state, rebuilt by init() ----
     LloydMaxCodebook codebook;
@@ -56,6 +64,11 @@ struct TurboQuantizer {
 
     /// validate the parameters and (re)build codebook, rotations and sizes
     void init();
+
+    /// the grid scale of step k of the search (|k| <= 8): float(1 + 0.05 k)
+    static float search_scale(int k) {
+        return float(1.0 + 0.05 * k);
+    }
 
     /// byte offset of the float factors inside a code
     size_t factors_offset() const {

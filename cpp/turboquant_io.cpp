@@ -31,7 +31,10 @@ namespace faiss {
 namespace {
 
 // ---- format constants -------------------------------------------------------
-const uint32_t kFormatVersion = 1;
+// version 2 added the codec's scale_search (version 1 files were encoded without the
+// search: they read back with scale_search = 1, so appended vectors match the old ones)
+const uint32_t kFormatVersion = 2;
+const uint32_t kOldestFormatVersion = 1;
 const char* const kFlat = "TQFl";
 const char* const kIVF = "TQIv";
 const char* const kIDMap = "TQMp";
@@ -83,6 +86,7 @@ void put_codec(IOWriter* f, const TurboQuantizer& tq) {
     put(f, int32_t(tq.rotation_kind));
     put(f, int32_t(tq.rotation_rounds));
     put(f, int32_t(tq.correction));
+    put(f, int32_t(tq.scale_search));
 }
 
 void put_floats(IOWriter* f, const std::vector<float>& v) {
@@ -196,6 +200,7 @@ void get_ids(IOReader* f, std::vector<idx_t>& ids, uint64_t expected) {
 }
 
 struct Header {
+    uint32_t version;
     int32_t d;
     int64_t ntotal;
     bool is_trained;
@@ -206,11 +211,13 @@ struct Header {
 Header get_header(IOReader* f, bool own_metric) {
     uint32_t version = get<uint32_t>(f);
     FAISS_THROW_IF_NOT_FMT(
-            version == kFormatVersion,
-            "TurboQuant: unsupported format version %u (this build reads %u)",
+            version >= kOldestFormatVersion && version <= kFormatVersion,
+            "TurboQuant: unsupported format version %u (this build reads %u to %u)",
             version,
+            kOldestFormatVersion,
             kFormatVersion);
     Header h;
+    h.version = version;
     h.d = get<int32_t>(f);
     h.ntotal = get<int64_t>(f);
     uint8_t trained = get<uint8_t>(f);
@@ -246,7 +253,8 @@ void apply_header(Index* idx, const Header& h) {
 thread_local size_t codec_budget = 0;
 const size_t kCodecBudget = size_t(256) << 20;
 
-void get_codec(IOReader* f, TurboQuantizer& tq, int32_t d) {
+void get_codec(IOReader* f, TurboQuantizer& tq, const Header& h) {
+    const int32_t d = h.d;
     uint64_t cd = get<uint64_t>(f);
     FAISS_THROW_IF_NOT_MSG(cd == uint64_t(d), "TurboQuant: corrupt file: codec dimension");
     tq.d = cd;
@@ -256,6 +264,7 @@ void get_codec(IOReader* f, TurboQuantizer& tq, int32_t d) {
     tq.rotation_kind = get<int32_t>(f);
     tq.rotation_rounds = get<int32_t>(f);
     tq.correction = get<int32_t>(f);
+    tq.scale_search = h.version >= 2 ? get<int32_t>(f) : 1; // init() validates it
     FAISS_THROW_IF_NOT_MSG(
             tq.qjl_m <= 8 * tq.d, "TurboQuant: corrupt file: QJL bit count");
     FAISS_THROW_IF_NOT_MSG(
@@ -304,7 +313,7 @@ Index* read_flat(IOReader* f) {
     Header h = get_header(f, true);
     std::unique_ptr<IndexTurboQuant> idx(new IndexTurboQuant());
     apply_header(idx.get(), h);
-    get_codec(f, idx->tq, h.d);
+    get_codec(f, idx->tq, h);
     idx->code_size = idx->tq.code_size;
     uint64_t cs = get<uint64_t>(f);
     FAISS_THROW_IF_NOT_MSG(cs == idx->code_size, "TurboQuant: corrupt file: code size");
@@ -399,7 +408,7 @@ Index* read_ivf(IOReader* f, int io_flags, int depth) {
     uint8_t by_residual = get<uint8_t>(f);
     FAISS_THROW_IF_NOT_MSG(by_residual <= 1, "TurboQuant: corrupt file: by_residual");
     idx->by_residual = by_residual;
-    get_codec(f, idx->tq, h.d);
+    get_codec(f, idx->tq, h);
     idx->code_size = idx->tq.code_size;
     int32_t dm_type = get<int32_t>(f);
     FAISS_THROW_IF_NOT_MSG(
@@ -875,8 +884,10 @@ void get_floats(IOReader* f, std::vector<float>& v, std::initializer_list<uint64
 }
 
 VectorTransform* read_linear(IOReader* f) {
+    uint32_t version = get<uint32_t>(f); // the block's layout is the same in versions 1 and 2
     FAISS_THROW_IF_NOT_MSG(
-            get<uint32_t>(f) == kFormatVersion, "TurboQuant: unsupported transform version");
+            version >= kOldestFormatVersion && version <= kFormatVersion,
+            "TurboQuant: unsupported transform version");
     uint8_t kind = get<uint8_t>(f);
     int32_t d_in = get<int32_t>(f), d_out = get<int32_t>(f);
     uint8_t trained = get<uint8_t>(f), bias = get<uint8_t>(f), ortho = get<uint8_t>(f);

@@ -348,6 +348,7 @@ class TQParams:
     rotation: RotationParams
     qjl_rotations: list = field(default_factory=list)  # list of RotationParams
     metric_l2: bool = True
+    scale_search: int = 1  # quantisation passes of the per-vector grid-scale search
 
     @property
     def factors_offset(self):
@@ -457,6 +458,7 @@ def params_from_index(index):
         rotation_kind=int(tq.rotation_kind),
         rotation_rounds=int(tq.rotation_rounds),
         correction=int(tq.correction),
+        scale_search=int(tq.scale_search),
         mse_bytes=int(tq.mse_bytes),
         qjl_bytes=int(tq.qjl_bytes),
         code_size=int(tq.code_size),
@@ -622,17 +624,51 @@ def unpack(params: TQParams, codes):
 # NB: inside the kernels float32 -> float64 conversions are written np.float64(v):
 # Numba's float(v) keeps a float32 value in single precision.
 @njit(cache=True)
+def _quantize_pass(Y, v, inv, t, bnd, cen, c):
+    """codes of vector v at grid scale t (float32 products u * t) into c; returns (uc, cc):
+    float64 sums of u * centroid and centroid^2, as two partial sums over the even and the
+    odd coordinates (each in increasing i), then even + odd (the C++ order)."""
+    d = Y.shape[1]
+    nb = bnd.shape[0]
+    uc_p = np.zeros(2)
+    cc_p = np.zeros(2)
+    for i in range(d):
+        u = Y[v, i] * inv
+        ut = u * t
+        # code = number of boundaries strictly below u * t
+        lo, hi = 0, nb
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if bnd[mid] < ut:
+                lo = mid + 1
+            else:
+                hi = mid
+        c[i] = lo
+        cv = np.float64(cen[lo])
+        uc_p[i % 2] += np.float64(u) * cv
+        cc_p[i % 2] += cv * cv
+    return uc_p[0] + uc_p[1], cc_p[0] + cc_p[1]
+
+
+@njit(cache=True)
+def _criterion(uc, cc):
+    return uc / math.sqrt(cc) if uc > 0 else -np.inf
+
+
+@njit(cache=True)
 def _encode_kernel(X, Y, cen, bnd, nbits, correction, qperms, qsigns, qjl_m, qjl_scale,
-                   mse_bytes, qjl_bytes):
+                   mse_bytes, qjl_bytes, npasses):
     n, d = X.shape
     out = np.zeros((n, mse_bytes + qjl_bytes), np.uint8)
     factors = np.zeros((n, 3), np.float32)
     sqrt_d = math.sqrt(np.float64(d))
-    nb = bnd.shape[0]
     c = np.zeros(d, np.uint8)
+    c2 = np.zeros(d, np.uint8)
     r = np.zeros(d, np.float32)
     z = np.zeros(d, np.float32)
     tmp = np.zeros(d, np.float32)
+    if nbits < 2:
+        npasses = 1
     for v in range(n):
         n2 = 0.0
         for i in range(d):
@@ -640,22 +676,32 @@ def _encode_kernel(X, Y, cen, bnd, nbits, correction, qperms, qsigns, qjl_m, qjl
             n2 += xi * xi
         norm = math.sqrt(n2)
         inv = np.float32(sqrt_d / norm) if norm > 0 else np.float32(0.0)
-        uc = 0.0
-        cc = 0.0
-        for i in range(d):
-            u = Y[v, i] * inv
-            # code = number of boundaries strictly below u
-            lo, hi = 0, nb
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if bnd[mid] < u:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            c[i] = lo
-            cv = np.float64(cen[lo])
-            uc += np.float64(u) * cv
-            cc += cv * cv
+        uc, cc = _quantize_pass(Y, v, inv, np.float32(1.0), bnd, cen, c)
+        # grid-scale search: t_k = float32(1 + 0.05 k); pass 1 tries k = -1, later passes
+        # step beyond the best (down below 1, up above 1), or try the other side while the
+        # best is still k = 0; strictly larger uc / sqrt(cc) wins
+        best = _criterion(uc, cc)
+        kbest = 0
+        klo = 0
+        khi = 0
+        for p in range(1, npasses):
+            if kbest < 0 or (kbest == 0 and klo == 0):
+                klo -= 1
+                ktry = klo
+            elif kbest > 0 or (kbest == 0 and khi == 0):
+                khi += 1
+                ktry = khi
+            else:
+                ktry = 0
+            t = np.float32(1.0 + 0.05 * ktry)
+            uc2, cc2 = _quantize_pass(Y, v, inv, t, bnd, cen, c2)
+            crit = _criterion(uc2, cc2)
+            if crit > best:
+                best = crit
+                kbest = ktry
+                uc = uc2
+                cc = cc2
+                c[:] = c2
         ipf = 0.0
         if norm > 0 and uc > 0:
             if correction == 0:
@@ -695,7 +741,7 @@ def encode(params: TQParams, x):
     out, factors = _encode_kernel(
         X, Y, params.centroids, params.boundaries, params.nbits, params.correction,
         params.qjl_perms(), params.qjl_signs(), params.qjl_m, params.qjl_scale,
-        params.mse_bytes, params.qjl_bytes)
+        params.mse_bytes, params.qjl_bytes, params.scale_search)
     nf = 3 if params.qjl_m > 0 else 2
     fac = np.ascontiguousarray(factors[:, :nf]).view(np.uint8)
     codes = np.concatenate([out, fac], axis=1)

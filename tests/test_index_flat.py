@@ -199,9 +199,12 @@ def test_reconstruct_and_sa_codec(qjl):
         index.reconstruct_n(290, 20)
 
 
-def mse_unit(b, d=384, n=2000, qjl=0):
+def mse_unit(b, d=384, n=2000, qjl=0, scale_search=None):
     x = unit(n, d, 11)
     index = tq(b, L2, d, qjl)
+    if scale_search is not None:
+        index.tq.scale_search = scale_search
+        index.reinit()
     r = index.sa_decode(index.sa_encode(x))
     return float(np.mean(np.sum((r.astype("float64") - x) ** 2, axis=1)))
 
@@ -242,9 +245,33 @@ def test_mse_within_paper_bound(b):
 
 
 def test_codebook_mse_reported_matches_measured():
+    """plain nearest-centroid codes (scale_search = 1) reach the codebook's MSE"""
     for b in (2, 4, 6):
         cb = ft.LloydMaxCodebook(384, b)
-        assert abs(cb.mse - mse_cached(b)) < 0.05 * cb.mse
+        assert abs(cb.mse - mse_unit(b, scale_search=1)) < 0.05 * cb.mse
+
+
+@pytest.mark.parametrize("b, gain", [(2, 0.001), (3, 0.01), (4, 0.04), (5, 0.05), (8, 0.05)])
+def test_scale_search_beats_nearest_centroid_mse(b, gain):
+    """the per-vector grid-scale search (default 3 passes) picks, per vector, codes closer
+    in angle than the nearest centroids. Measured at d=384, 3 passes vs 1: -0.3% (2 bits),
+    -1.7% (3), -4.7% (4), -7.0% (5), -6.3% (8); 5 passes a little more."""
+    m1, m3, m5 = (mse_unit(b, scale_search=s) for s in (1, 3, 5))
+    assert mse_cached(b) == m3  # 3 passes is the default
+    assert m3 < (1 - gain) * m1, (m1, m3)
+    assert m5 <= m3, (m3, m5)
+
+
+def test_scale_search_ignored_for_one_bit():
+    assert mse_unit(1, scale_search=1) == mse_unit(1, scale_search=5)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 10, 100])
+def test_scale_search_validated(bad):
+    index = tq(4, L2, 16, 0)
+    index.tq.scale_search = bad
+    with pytest.raises(RuntimeError, match="scale_search"):
+        index.reinit()
 
 
 def test_qjl_reduces_inner_product_error():
