@@ -415,6 +415,36 @@ TQ_AVX512_VNNI TQ_INLINE __mmask16 beats16(__m512 dis, __m512 thr, bool l2) {
     return l2 ? _mm512_cmp_ps_mask(dis, thr, _CMP_LT_OQ) : _mm512_cmp_ps_mask(dis, thr, _CMP_GT_OQ);
 }
 
+/// distances of the 16 codes of block pv from their raw sums; appends those that beat
+/// thr (compressed in registers, masked stores; rare once the heap is warm)
+TQ_AVX512_VNNI TQ_INLINE size_t finish16(
+        __m512i sum,
+        const uint8_t* codes,
+        size_t stride,
+        size_t pv,
+        size_t foff,
+        __m512i bias,
+        __m512 inv,
+        __m512 qn2,
+        __m512 thr,
+        bool l2,
+        float* dis_out,
+        uint32_t* pos_out) {
+    __m512 norm, ipf;
+    factors16(codes + pv * stride + foff, stride, &norm, &ipf);
+    const __m512 dis = approx_distance16(sum, bias, inv, ipf, norm, qn2, l2);
+    const __mmask16 m = beats16(dis, thr, l2);
+    if (!m) {
+        return 0;
+    }
+    const __mmask16 head = __mmask16((1u << __builtin_popcount(m)) - 1);
+    _mm512_mask_storeu_ps(dis_out, head, _mm512_maskz_compress_ps(m, dis));
+    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i pos = _mm512_add_epi32(iota, _mm512_set1_epi32(int(pv)));
+    _mm512_mask_storeu_epi32(pos_out, head, _mm512_maskz_compress_epi32(m, pos));
+    return __builtin_popcount(m);
+}
+
 template <int NBITS, bool VBMI>
 TQ_AVX512_VNNI size_t scan_i8_avx512(
         const uint8_t* codes,
@@ -430,24 +460,22 @@ TQ_AVX512_VNNI size_t scan_i8_avx512(
     const __m512i bias = _mm512_set1_epi32(q.bias);
     const __m512 inv = _mm512_set1_ps(q.inv_scale), qn2 = _mm512_set1_ps(q.qnorm2);
     const __m512 thr = _mm512_set1_ps(threshold);
-    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     size_t cnt = 0, v = 0;
+    // software pipeline: block v - 16 is finished after the dot products of block v are
+    // issued, so the long chain of horizontal sums -> distances -> compare of one block
+    // overlaps the next block's loop instead of stalling the window (measured -8%/code)
+    __m512i prev = _mm512_setzero_si512();
     for (; v + 16 <= n; v += 16) {
-        const uint8_t* block = codes + v * stride;
-        const __m512i sum = sums16<NBITS, VBMI>(block, stride, q, table);
-        __m512 norm, ipf;
-        factors16(block + foff, stride, &norm, &ipf);
-        const __m512 dis = approx_distance16(sum, bias, inv, ipf, norm, qn2, l2);
-        const __mmask16 m = beats16(dis, thr, l2);
-        if (m) { // rare once the heap is warm: compress in registers, masked stores
-            const __mmask16 head = __mmask16((1u << __builtin_popcount(m)) - 1);
-            _mm512_mask_storeu_ps(dis_out + cnt, head, _mm512_maskz_compress_ps(m, dis));
-            _mm512_mask_storeu_epi32(
-                    pos_out + cnt,
-                    head,
-                    _mm512_maskz_compress_epi32(m, _mm512_add_epi32(iota, _mm512_set1_epi32(int(v)))));
-            cnt += __builtin_popcount(m);
+        const __m512i sum = sums16<NBITS, VBMI>(codes + v * stride, stride, q, table);
+        if (v > 0) {
+            cnt += finish16(prev, codes, stride, v - 16, foff, bias, inv, qn2, thr, l2,
+                            dis_out + cnt, pos_out + cnt);
         }
+        prev = sum;
+    }
+    if (v > 0) {
+        cnt += finish16(prev, codes, stride, v - 16, foff, bias, inv, qn2, thr, l2,
+                        dis_out + cnt, pos_out + cnt);
     }
     const size_t c = scan_i8_scalar(
             codes + v * stride, stride, n - v, foff, q, l2, threshold, dis_out + cnt, pos_out + cnt);
