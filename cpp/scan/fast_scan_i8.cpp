@@ -511,10 +511,11 @@ TQ_AVX512_VNNI void decode_avx512(
     }
 }
 
-/* 8 rows x NP panels of 16 queries: accumulator i holds row i / NP against panel i % NP,
- * one lane per query; 4 centroid bytes of a row are broadcast and multiplied into a
- * whole panel by one vpdpbusd, so no horizontal sums are needed. */
-template <int NP>
+/* NR rows x NP panels of 16 queries (NR * NP <= 16 accumulators): accumulator i holds
+ * row i / NP against panel i % NP, one lane per query; 4 centroid bytes of a row are
+ * broadcast and multiplied into a whole panel by one vpdpbusd, so no horizontal sums are
+ * needed. 4 x 4 loads 8 registers per 16 vpdpbusd (8 x 2 loads 10). */
+template <int NR, int NP>
 TQ_AVX512_VNNI size_t panels_tile(
         const uint8_t* rows,
         const float* ipf,
@@ -525,20 +526,28 @@ TQ_AVX512_VNNI size_t panels_tile(
         const float* thresholds,
         uint32_t pos0,
         CandidateI8* out) {
+    static_assert(NR * NP <= 16 && NP <= 4, "tile");
     const size_t L = p.row_length;
     const int8_t* b0 = p.b.data() + panel * L * 16;
     const int8_t* b1 = NP > 1 ? b0 + L * 16 : b0;
+    const int8_t* b2 = NP > 2 ? b0 + 2 * L * 16 : b0;
+    const int8_t* b3 = NP > 3 ? b0 + 3 * L * 16 : b0;
 #define TQ_ZERO(i) __m512i a##i = _mm512_setzero_si512();
     TQ_FOR_ACC16(TQ_ZERO)
 #undef TQ_ZERO
     for (size_t t = 0; t < L / 4; t++) {
         const __m512i p0 = _mm512_loadu_si512(b0 + t * 64);
         const __m512i p1 = _mm512_loadu_si512(b1 + t * 64);
-#define TQ_STEP(i)                                                                       \
-    if (i < 8 * NP) {                                                                    \
-        int32_t w;                                                                       \
-        std::memcpy(&w, rows + (i / NP) * L + 4 * t, 4);                                 \
-        a##i = _mm512_dpbusd_epi32(a##i, _mm512_set1_epi32(w), i % NP == 0 ? p0 : p1);   \
+        const __m512i p2 = _mm512_loadu_si512(b2 + t * 64);
+        const __m512i p3 = _mm512_loadu_si512(b3 + t * 64);
+#define TQ_STEP(i)                                                                        \
+    if (i < NR * NP) {                                                                    \
+        int32_t w;                                                                        \
+        std::memcpy(&w, rows + (i / NP) * L + 4 * t, 4);                                  \
+        a##i = _mm512_dpbusd_epi32(                                                       \
+                a##i,                                                                     \
+                _mm512_set1_epi32(w),                                                     \
+                i % NP == 0 ? p0 : i % NP == 1 ? p1 : i % NP == 2 ? p2 : p3);             \
     }
         TQ_FOR_ACC16(TQ_STEP)
 #undef TQ_STEP
@@ -553,7 +562,7 @@ TQ_AVX512_VNNI size_t panels_tile(
         const __mmask16 valid = lane0 + 16 <= p.nq ? __mmask16(0xFFFF)
                                                    : __mmask16((1u << (p.nq - lane0)) - 1);
 #define TQ_EPI(i)                                                                          \
-    if (i < 8 * NP && i % NP == pp) {                                                      \
+    if (i < NR * NP && i % NP == pp) {                                                     \
         const int v = i / NP;                                                              \
         const __m512 dis = approx_distance16(                                              \
                 a##i, bias, inv, _mm512_set1_ps(ipf[v]), _mm512_set1_ps(norm[v]), qn2, l2); \
@@ -585,22 +594,23 @@ size_t scan_panels_avx512(
         const float* thresholds,
         CandidateI8* out) {
     const size_t L = p.row_length;
-    // panel pairs outer: a pair's packed queries (2 x L x 16 bytes) stay in L1 while
-    // every tile of rows of the block is multiplied into them
+    // panel groups outer: a group's packed queries (up to 4 x L x 16 bytes) stay in L1
+    // while every tile of rows of the block is multiplied into them
     size_t cnt = 0;
     const size_t v_end = n / 8 * 8;
-    for (size_t pan = panel0; pan < panel0 + npan; pan += 2) {
-        for (size_t v = 0; v < v_end; v += 8) {
-            if (pan + 2 <= panel0 + npan) {
-                cnt += panels_tile<2>(
-                        rows + v * L, ipf + v, norm + v, p, pan, l2, thresholds, uint32_t(v),
-                        out + cnt);
-            } else {
-                cnt += panels_tile<1>(
-                        rows + v * L, ipf + v, norm + v, p, pan, l2, thresholds, uint32_t(v),
-                        out + cnt);
-            }
+    const size_t pan_end = panel0 + npan;
+    for (size_t pan = panel0; pan < pan_end;) {
+        const size_t left = pan_end - pan;
+        for (size_t v = 0; v < v_end; v += left >= 4 ? 4 : 8) {
+            auto* o = out + cnt;
+            cnt += left >= 4 ? panels_tile<4, 4>(rows + v * L, ipf + v, norm + v, p, pan, l2,
+                                                 thresholds, uint32_t(v), o)
+                    : left >= 2 ? panels_tile<8, 2>(rows + v * L, ipf + v, norm + v, p, pan,
+                                                    l2, thresholds, uint32_t(v), o)
+                                : panels_tile<8, 1>(rows + v * L, ipf + v, norm + v, p, pan,
+                                                    l2, thresholds, uint32_t(v), o);
         }
+        pan += left >= 4 ? 4 : left >= 2 ? 2 : 1;
     }
     const size_t v = v_end;
     const size_t c = scan_panels_scalar(
