@@ -233,8 +233,14 @@ __attribute__((target("avx2"))) void quantize_block_avx2(
 
 #if defined(__x86_64__)
 /// the lower (h = 0) or upper (h = 1) 8 floats (AVX-512F only, no DQ)
-__attribute__((target("avx512f"))) __attribute__((always_inline)) inline __m256 half8(__m512 v, int h) {
+__attribute__((target("avx512f"), always_inline)) inline __m256 half8(__m512 v, int h) {
     return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), h));
+}
+
+/// the 8 per-lane floats at p in both halves (two rows of an SoA block at once)
+__attribute__((target("avx512f"), always_inline)) inline __m512 twice8(const float* p) {
+    const __m256d h = _mm256_castps_pd(_mm256_loadu_ps(p));
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(h), h, 1));
 }
 
 /// codes of 16 values: the branchless descent of the scalar version, boundaries in a register
@@ -292,12 +298,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void quantize_block_avx512(
         }
     }
     const __m512 bt = _mm512_loadu_ps(btab), ct = _mm512_loadu_ps(ctab);
-    const __m256 inv8 = _mm256_loadu_ps(inv);
-    const __m512 invv = _mm512_castpd_ps(_mm512_insertf64x4(
-            _mm512_castps_pd(_mm512_castps256_ps512(inv8)), _mm256_castps_pd(inv8), 1));
-    const __m256 t8 = _mm256_loadu_ps(t);
-    const __m512 tv = _mm512_castpd_ps(_mm512_insertf64x4(
-            _mm512_castps_pd(_mm512_castps256_ps512(t8)), _mm256_castps_pd(t8), 1));
+    const __m512 invv = twice8(inv), tv = twice8(t);
     // named accumulators: an array would live on the stack and put a store-to-load
     // forwarding into every add of the chains
     __m512d uc_even = _mm512_setzero_pd(), uc_odd = _mm512_setzero_pd();
