@@ -20,7 +20,9 @@ struct IndexTurboQuant : IndexFlatCodes {
     /** 1- to 4-bit codes without QJL, on CPUs with AVX-512 VNNI (and, as its
      * reference, at SIMD level scalar): scan with exact 8-bit integer dot products, keep
      * the best max(2k, k + 16) candidates per query, re-score them with the float kernel
-     * (returned distances are float-kernel values). Up to 8 queries share each code load. */
+     * (returned distances are float-kernel values). From 16 queries on, the same integers
+     * come from an integer matrix product (blocks of codes decoded once, queries in panels
+     * of 16), so a query gets the same results alone or in a batch. */
     bool use_fast_scan = true;
 
     IndexTurboQuant();
