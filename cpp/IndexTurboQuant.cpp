@@ -88,7 +88,8 @@ bool fast_scan_eligible(const IndexTurboQuant& index, const IDSelector* sel) {
     // the scalar integer scan serves as the reference of the SIMD one (same results)
     return index.use_fast_scan && !sel && tq_kernels::fast_scan_i8_supports(index.tq.nbits) &&
             index.tq.qjl_m == 0 &&
-            (tq_kernels::fast_scan_i8_simd() || tq_kernels::simd_level() == 0);
+            (tq_kernels::fast_scan_i8_single_simd(index.tq.nbits) ||
+             tq_kernels::simd_level() == 0);
 }
 
 /// the k best of the k2 candidates by the float kernel (the distances returned)
@@ -404,7 +405,8 @@ void search_impl(
     const TurboQuantizer& tq = index.tq;
     const size_t d = index.d;
     const bool fast = fast_scan_eligible(index, sel);
-    if (fast && n >= 16) { // integer matrix product
+    const bool fast_batch = tq_kernels::fast_scan_i8_simd() || tq_kernels::simd_level() == 0;
+    if (fast && fast_batch && n >= 16) { // integer matrix product
         search_fast_batch<C>(index, n, x, k, distances, labels);
     } else if (fast) { // integer scan, one query per thread
 #pragma omp parallel for if (n > 1)

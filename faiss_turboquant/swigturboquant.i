@@ -18,6 +18,7 @@
 
 #include "faiss_compat.h"
 #include "scan/code_dot.h"
+#include "scan/fast_scan_i8.h"
 #include "lloyd_max.h"
 #include "rotation.h"
 #include "TurboQuantizer.h"
@@ -145,13 +146,17 @@ const char* tq_faiss_version_built() {
     return TQ_STR(FAISS_VERSION_MAJOR) "." TQ_STR(FAISS_VERSION_MINOR) "." TQ_STR(
             FAISS_VERSION_PATCH);
 }
-/// SIMD level of the scan kernels: 0 portable scalar, 1 AVX2+FMA
+/// SIMD level of the scan kernels: 0 portable scalar, 1 AVX2+FMA, 2 AVX-512
 int tq_simd_level() {
     return faiss::tq_kernels::simd_level();
 }
 /// force a SIMD level (-1: best available); returns the level in effect
 int tq_set_simd_level(int level) {
     return faiss::tq_kernels::set_simd_level(level);
+}
+/// whether single queries of this bit width get a SIMD integer fast scan at this level
+bool tq_fast_scan_simd(int nbits) {
+    return faiss::tq_kernels::fast_scan_i8_single_simd(nbits);
 }
 /// the SWIG runtime type-table version this module was generated with
 int tq_swig_runtime_version() {

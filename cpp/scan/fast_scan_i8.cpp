@@ -48,6 +48,17 @@ bool fast_scan_i8_simd() {
 #endif
 }
 
+bool fast_scan_i8_single_simd(int nbits) {
+    if (fast_scan_i8_simd()) {
+        return fast_scan_i8_supports(nbits);
+    }
+#if defined(__x86_64__)
+    return simd_level() >= 1 && nbits != 3 && fast_scan_i8_supports(nbits);
+#else
+    return false;
+#endif
+}
+
 namespace {
 
 // round to nearest even, as std::lrint in the default rounding mode, without the libm
@@ -220,6 +231,81 @@ size_t scan_panels_scalar(
     }
     return cnt;
 }
+
+#if defined(__x86_64__)
+/* AVX2 (no VNNI), 1, 2 and 4 bits, one code at a time: 32 code bytes per load, each
+ * stream masked out and turned into signed centroid bytes c8 - 128 by one vpshufb, widened
+ * to 16 bits with the query and multiplied by vpmaddwd (no saturation: |c| <= 127,
+ * |q| <= 127). The sum is S - bias, the same integer as the VNNI kernels', so the results
+ * are the same bits. A partial last group is read through a zero-padded copy (bytes past
+ * the code meet q8 = 0, but must not be read past the end of the array). */
+template <int NBITS>
+__attribute__((target("avx2"))) size_t scan_i8_avx2(
+        const uint8_t* codes,
+        size_t stride,
+        size_t n,
+        size_t foff,
+        const QueryI8& q,
+        bool l2,
+        float threshold,
+        float* dis_out,
+        uint32_t* pos_out) {
+    constexpr int CPB = 8 / NBITS;
+    alignas(32) int8_t t32[32];
+    for (int e = 0; e < 16; e++) {
+        t32[e] = t32[e + 16] = int8_t(int(q.table[e]) - 128);
+    }
+    const __m256i tab = _mm256_load_si256((const __m256i*)t32);
+    const __m256i mask = _mm256_set1_epi8(char((1 << NBITS) - 1));
+    alignas(32) uint8_t tail[64];
+    size_t cnt = 0;
+    for (size_t v = 0; v < n; v++) {
+        const uint8_t* code = codes + v * stride;
+        if (v + 16 < n) {
+            for (size_t b = 0; b < stride; b += 64) {
+                _mm_prefetch((const char*)(code + 16 * stride + b), _MM_HINT_T0);
+            }
+        }
+        __m256i acc = _mm256_setzero_si256();
+        for (size_t g = 0; g < q.ngroups; g++) {
+            const uint8_t* src = code + g * 64;
+            if (g * 64 + 64 > q.code_bytes) {
+                std::memset(tail, 0, 64);
+                std::memcpy(tail, src, q.code_bytes - g * 64);
+                src = tail;
+            }
+            for (int h = 0; h < 2; h++) {
+                const __m256i x = _mm256_loadu_si256((const __m256i*)(src + 32 * h));
+                for (int s = 0; s < CPB; s++) {
+                    const __m256i idx = _mm256_and_si256(
+                            s == 0 ? x : _mm256_srli_epi16(x, s * NBITS), mask);
+                    const __m256i c = _mm256_shuffle_epi8(tab, idx);
+                    const int8_t* qp = q.q8.data() + (g * CPB + s) * 64 + 32 * h;
+                    const __m256i lo = _mm256_madd_epi16(
+                            _mm256_cvtepi8_epi16(_mm256_castsi256_si128(c)),
+                            _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)qp)));
+                    const __m256i hi = _mm256_madd_epi16(
+                            _mm256_cvtepi8_epi16(_mm256_extracti128_si256(c, 1)),
+                            _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(qp + 16))));
+                    acc = _mm256_add_epi32(acc, _mm256_add_epi32(lo, hi));
+                }
+            }
+        }
+        __m128i r = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+        r = _mm_add_epi32(r, _mm_shuffle_epi32(r, 0x4E));
+        r = _mm_add_epi32(r, _mm_shuffle_epi32(r, 0xB1));
+        const int32_t centred = _mm_cvtsi128_si32(r); // S - bias
+        float ipf, norm;
+        load_factors_scalar(code, stride, 1, foff, &ipf, &norm);
+        const float dis = approx_distance(centred + q.bias, q, ipf, norm, l2);
+        if (l2 ? dis < threshold : dis > threshold) {
+            dis_out[cnt] = dis;
+            pos_out[cnt++] = uint32_t(v);
+        }
+    }
+    return cnt;
+}
+#endif
 
 #if defined(__x86_64__)
 #define TQ_AVX512_VNNI \
@@ -675,6 +761,12 @@ size_t scan_i8(
 #if defined(__x86_64__)
     if (fast_scan_i8_simd()) {
         const scan_fn f = kHasVbmi ? scan_for<true>(q.nbits) : scan_for<false>(q.nbits);
+        return f(codes, stride, n, factors_offset, q, l2, threshold, dis_out, pos_out);
+    }
+    if (fast_scan_i8_single_simd(q.nbits)) {
+        const scan_fn f = q.nbits == 1 ? scan_i8_avx2<1>
+                : q.nbits == 2         ? scan_i8_avx2<2>
+                                       : scan_i8_avx2<4>;
         return f(codes, stride, n, factors_offset, q, l2, threshold, dis_out, pos_out);
     }
 #endif

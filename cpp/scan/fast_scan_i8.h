@@ -63,8 +63,12 @@ struct QueryI8 {
 bool fast_scan_i8_supports(int nbits);
 
 /// true when the CPU has the instructions that make the integer scan pay (AVX-512 VNNI)
-/// and the SIMD level is not capped below AVX-512
+/// and the SIMD level is not capped below AVX-512: single queries and batches
 bool fast_scan_i8_simd();
+
+/// true when single queries of this width have a SIMD integer scan: AVX-512 VNNI, or
+/// AVX2 for 1, 2 and 4 bits (batches then run the single-query scan per query)
+bool fast_scan_i8_single_simd(int nbits);
 
 /// prepare the 8-bit query (centroids: 2^nbits values)
 void prepare_query_i8(
