@@ -10,6 +10,8 @@
 #include <faiss/utils/distances.h>
 
 #include "IndexTurboQuant.h"
+#include "scan/code_dot.h"
+#include "scan/fast_scan_i8.h"
 
 namespace faiss {
 
@@ -199,14 +201,42 @@ struct IVFTurboQuantScanner : InvertedListScanner {
         this->sel = sel;
         this->keep_max = !l2;
         this->code_size = ivf.code_size;
+        // the flat index's rule (IndexTurboQuant.cpp fast_scan_eligible)
+        fast = ivf.use_fast_scan && !sel && ivf.tq.qjl_m == 0 &&
+                tq_kernels::fast_scan_i8_supports(ivf.tq.nbits) &&
+                (tq_kernels::fast_scan_i8_single_simd(ivf.tq.nbits) ||
+                 tq_kernels::simd_level() == 0);
     }
 
     TurboQuantizer::Query base; ///< the query itself, rotated once per query
+
+    // ---- integer fast scan (see IndexIVFTurboQuant::use_fast_scan) ----
+    bool fast = false;
+    tq_kernels::QueryI8 q8; ///< the 8-bit form of `query`
+    bool q8_per_list = false;
+    /// best approximate distances of the query so far, over all its lists (a heap of
+    /// max(2k, k + 16)); reset by set_query, sized on the first scan_codes
+    mutable std::vector<float> approx;
+    mutable std::vector<idx_t> approx_ids;
+    mutable std::vector<float> cand_dis;
+    mutable std::vector<uint32_t> cand_pos;
 
     void set_query(const float* x) override {
         std::copy(x, x + ivf.d, q.begin());
         ivf.tq.prepare_query(x, base);
         query = base;
+        approx.clear();
+        // L2 with residuals has a query per list; otherwise one for all lists
+        q8_per_list = ivf.by_residual && l2;
+        if (fast && !q8_per_list) {
+            prepare_q8();
+        }
+    }
+
+    void prepare_q8() {
+        tq_kernels::prepare_query_i8(
+                query.qrot.data(), ivf.tq.centroid_table.data(), ivf.d, ivf.tq.nbits,
+                query.qnorm2, q8);
     }
 
     void set_list(idx_t list_no, float /*coarse_dis*/) override {
@@ -234,10 +264,58 @@ struct IVFTurboQuantScanner : InvertedListScanner {
                 }
                 query.qjl_proj_sum = sum;
             }
+            if (fast) {
+                prepare_q8();
+            }
         } else {
             ivf.quantizer->reconstruct(list_no, centroid.data());
             offset = fvec_inner_product(q.data(), centroid.data(), ivf.d);
         }
+    }
+
+    /* The integer scan of one list: candidates against the query's approximate heap (its
+     * top at the start of each block of 1024 codes, as in the flat scan), each one that
+     * enters it re-scored with the float kernel into the caller's heap. */
+    template <class C>
+    size_t scan_fast(
+            size_t n,
+            const uint8_t* codes,
+            const idx_t* ids,
+            float* simi,
+            idx_t* idxi,
+            size_t k) const {
+        const size_t k2 = std::max(2 * k, k + 16), bs = 1024;
+        if (approx.size() != k2) {
+            approx.resize(k2);
+            approx_ids.resize(k2);
+            heap_heapify<C>(k2, approx.data(), approx_ids.data());
+            cand_dis.resize(bs + 16);
+            cand_pos.resize(bs + 16);
+        }
+        size_t nup = 0;
+        for (size_t j0 = 0; j0 < n; j0 += bs) {
+            const size_t nb = std::min(bs, n - j0);
+            const uint8_t* block = codes + j0 * code_size;
+            // approximate distances without the list's offset (IP with residuals)
+            const size_t nc = tq_kernels::scan_i8(
+                    block, code_size, nb, ivf.tq.factors_offset(), q8, l2,
+                    approx[0] - offset, cand_dis.data(), cand_pos.data());
+            for (size_t c = 0; c < nc; c++) {
+                const float a = cand_dis[c] + offset;
+                if (!C::cmp(approx[0], a)) {
+                    continue;
+                }
+                const size_t jj = j0 + cand_pos[c];
+                heap_replace_top<C>(k2, approx.data(), approx_ids.data(), a, idx_t(jj));
+                const float dis = distance_to_code(codes + jj * code_size);
+                if (C::cmp(simi[0], dis)) {
+                    const idx_t id = store_pairs ? lo_build(list_no, jj) : ids[jj];
+                    heap_replace_top<C>(k, simi, idxi, dis, id);
+                    nup++;
+                }
+            }
+        }
+        return nup;
     }
 
     float distance_to_code(const uint8_t* code) const override {
@@ -295,6 +373,10 @@ struct IVFTurboQuantScanner : InvertedListScanner {
             float* simi,
             idx_t* idxi,
             size_t k) const override {
+        if (fast) {
+            return l2 ? scan_fast<CMax<float, idx_t>>(n, codes, ids, simi, idxi, k)
+                      : scan_fast<CMin<float, idx_t>>(n, codes, ids, simi, idxi, k);
+        }
         return l2 ? scan_heap<CMax<float, idx_t>>(n, codes, ids, simi, idxi, k)
                   : scan_heap<CMin<float, idx_t>>(n, codes, ids, simi, idxi, k);
     }

@@ -486,3 +486,57 @@ def test_real_data_recall_matches_flat(real):
         r_sq4 = recall(ivf_sq4.search(xq, 10)[1], Igt)
         assert r_tq >= r_flat * r_part - 0.02, (nprobe, r_tq, r_flat, r_part)
         assert r_tq >= r_sq4, (nprobe, r_tq, r_sq4)
+
+
+def _real_ivf(metric, by_residual, nbits):
+    z = np.load(DATA)
+    xb = np.ascontiguousarray(z["xb"][:4000], dtype="float32")
+    xq = np.ascontiguousarray(z["xq"][:60], dtype="float32")
+    index = ft.index_factory(xb.shape[1], "IVF32,TQ%d" % nbits, metric)
+    index.train(xb)
+    ivf_of(index).by_residual = by_residual
+    index.add(xb)
+    ivf_of(index).nprobe = 8
+    return index, xq
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("by_residual", [True, False])
+@pytest.mark.parametrize("nbits", [2, 4])
+def test_fast_scan_in_lists_matches_float_scan(metric, by_residual, nbits):
+    """the integer scan of the flat index inside the lists, candidates re-scored with the
+    float kernel: the top-10 of the float scan for nearly every query, with float-kernel
+    distances; and the same bits at every SIMD level (scalar, AVX2, AVX-512)"""
+    from faiss_turboquant import swigturboquant as sw
+    index, xq = _real_ivf(metric, by_residual, nbits)
+    ivf = ivf_of(index)
+    assert ivf.use_fast_scan
+    D, I = index.search(xq, 10)
+    ivf.use_fast_scan = False
+    Df, If = index.search(xq, 10)
+    same = np.mean([set(a) == set(b) for a, b in zip(I, If)])
+    assert same >= 0.95, same
+    rows = [i for i in range(len(xq)) if (I[i] == If[i]).all()]
+    np.testing.assert_array_equal(D[rows], Df[rows])
+    ivf.use_fast_scan = True
+    try:
+        for level in (0, 1):
+            sw.tq_set_simd_level(level)
+            Dl, Il = index.search(xq, 10)
+            np.testing.assert_array_equal(Il, I)
+            np.testing.assert_array_equal(Dl, D)
+    finally:
+        sw.tq_set_simd_level(-1)
+
+
+def test_fast_scan_in_lists_not_used_with_a_selector():
+    index, xq = _real_ivf(IP, True, 4)
+    ivf = ivf_of(index)
+    sel = faiss.IDSelectorRange(0, 2000)
+    params = faiss.SearchParametersIVF(sel=sel, nprobe=8)
+    D, I = index.search(xq, 10, params=params)
+    assert ((I >= 0) & (I < 2000)).all()
+    ivf.use_fast_scan = False
+    Df, If = index.search(xq, 10, params=params)
+    np.testing.assert_array_equal(I, If)
+    np.testing.assert_array_equal(D, Df)

@@ -515,11 +515,12 @@ TQ_AVX512_VNNI TQ_INLINE size_t finish16(
         __m512 thr,
         bool l2,
         float* dis_out,
-        uint32_t* pos_out) {
+        uint32_t* pos_out,
+        __mmask16 valid = 0xFFFF) {
     __m512 norm, ipf;
     factors16(codes + pv * stride + foff, stride, &norm, &ipf);
     const __m512 dis = approx_distance16(sum, bias, inv, ipf, norm, qn2, l2);
-    const __mmask16 m = beats16(dis, thr, l2);
+    const __mmask16 m = beats16(dis, thr, l2) & valid;
     if (!m) {
         return 0;
     }
@@ -563,12 +564,21 @@ TQ_AVX512_VNNI size_t scan_i8_avx512(
         cnt += finish16(prev, codes, stride, v - 16, foff, bias, inv, qn2, thr, l2,
                         dis_out + cnt, pos_out + cnt);
     }
-    const size_t c = scan_i8_scalar(
-            codes + v * stride, stride, n - v, foff, q, l2, threshold, dis_out + cnt, pos_out + cnt);
-    for (size_t i = cnt; i < cnt + c; i++) {
-        pos_out[i] += uint32_t(v);
+    if (v < n) { // the last n - v < 16 codes (short inverted lists: most of a list)
+        const size_t rem = n - v;
+        // a zero-padded copy: the kernel reads 16 codes, the array may end before
+        thread_local std::vector<uint8_t> pad;
+        pad.assign(16 * stride, 0);
+        std::memcpy(pad.data(), codes + v * stride, rem * stride);
+        const __m512i sum = sums16<NBITS, VBMI>(pad.data(), stride, q, table);
+        const size_t c = finish16(sum, pad.data(), stride, 0, foff, bias, inv, qn2, thr, l2,
+                                  dis_out + cnt, pos_out + cnt, __mmask16((1u << rem) - 1));
+        for (size_t i = cnt; i < cnt + c; i++) {
+            pos_out[i] += uint32_t(v);
+        }
+        cnt += c;
     }
-    return cnt + c;
+    return cnt;
 }
 
 template <int NBITS, bool VBMI>
