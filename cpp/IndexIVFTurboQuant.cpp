@@ -274,8 +274,9 @@ struct IVFTurboQuantScanner : InvertedListScanner {
     }
 
     /* The integer scan of one list: candidates against the query's approximate heap (its
-     * top at the start of each block of 1024 codes, as in the flat scan), each one that
-     * enters it re-scored with the float kernel into the caller's heap. */
+     * top at the start of each block of 1024 codes, as in the flat scan); the codes of the
+     * list still in that heap at the end are re-scored with the float kernel into the
+     * caller's heap. */
     template <class C>
     size_t scan_fast(
             size_t n,
@@ -302,17 +303,26 @@ struct IVFTurboQuantScanner : InvertedListScanner {
                     approx[0] - offset, cand_dis.data(), cand_pos.data());
             for (size_t c = 0; c < nc; c++) {
                 const float a = cand_dis[c] + offset;
-                if (!C::cmp(approx[0], a)) {
-                    continue;
+                if (C::cmp(approx[0], a)) {
+                    heap_replace_top<C>(
+                            k2, approx.data(), approx_ids.data(), a, idx_t(j0 + cand_pos[c]));
                 }
-                const size_t jj = j0 + cand_pos[c];
-                heap_replace_top<C>(k2, approx.data(), approx_ids.data(), a, idx_t(jj));
-                const float dis = distance_to_code(codes + jj * code_size);
-                if (C::cmp(simi[0], dis)) {
-                    const idx_t id = store_pairs ? lo_build(list_no, jj) : ids[jj];
-                    heap_replace_top<C>(k, simi, idxi, dis, id);
-                    nup++;
-                }
+            }
+        }
+        // re-score the codes of this list that are still among the approximate best (the
+        // others were pushed out by better codes of the same list: fewer float kernels
+        // than re-scoring each candidate as it comes); entries of earlier lists are -1
+        for (size_t i = 0; i < k2; i++) {
+            const idx_t jj = approx_ids[i];
+            if (jj < 0) {
+                continue;
+            }
+            approx_ids[i] = -1;
+            const float dis = distance_to_code(codes + jj * code_size);
+            if (C::cmp(simi[0], dis)) {
+                const idx_t id = store_pairs ? lo_build(list_no, jj) : ids[jj];
+                heap_replace_top<C>(k, simi, idxi, dis, id);
+                nup++;
             }
         }
         return nup;

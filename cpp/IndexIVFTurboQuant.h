@@ -21,9 +21,9 @@ struct IndexIVFTurboQuant : IndexIVF {
 
     /** As IndexTurboQuant::use_fast_scan, per inverted list: 1-, 2- and 4-bit codes (3
      * with VBMI) without QJL and without an ID selector are scanned with the integer
-     * kernel of the flat index; each code whose approximate distance enters the query's
-     * best max(2k, k + 16) approximate distances so far (over all its lists) is re-scored
-     * with the float kernel, and those are the distances returned. */
+     * kernel of the flat index; the codes of a list that are among the query's best
+     * max(2k, k + 16) approximate distances so far (over all its lists) when the list is
+     * done are re-scored with the float kernel, and those are the distances returned. */
     bool use_fast_scan = true;
 
     /** Pi c (and the QJL projections Psi Pi c) of every coarse centroid: with L2 and

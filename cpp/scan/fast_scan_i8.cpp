@@ -568,8 +568,9 @@ TQ_AVX512_VNNI size_t scan_i8_avx512(
         const size_t rem = n - v;
         // a zero-padded copy: the kernel reads 16 codes, the array may end before
         thread_local std::vector<uint8_t> pad;
-        pad.assign(16 * stride, 0);
+        pad.resize(16 * stride);
         std::memcpy(pad.data(), codes + v * stride, rem * stride);
+        std::memset(pad.data() + rem * stride, 0, (16 - rem) * stride);
         const __m512i sum = sums16<NBITS, VBMI>(pad.data(), stride, q, table);
         const size_t c = finish16(sum, pad.data(), stride, 0, foff, bias, inv, qn2, thr, l2,
                                   dis_out + cnt, pos_out + cnt, __mmask16((1u << rem) - 1));

@@ -53,8 +53,11 @@ struct QueryI8 {
         if (nbits == 3) {
             return i;
         }
-        const size_t cpb = 8 / nbits, byte = i / cpb;
-        return (byte / 64 * cpb + i % cpb) * 64 + byte % 64;
+        // cpb = 8 / nbits is 8, 4 or 2: shifts, not divisions (this runs per coordinate
+        // when a query is prepared, once per visited list in an IVF index with L2)
+        const int lc = 3 - (nbits >> 1); // log2(cpb) for nbits 1, 2, 4
+        const size_t byte = i >> lc;
+        return ((((byte >> 6) << lc) | (i & ((size_t(1) << lc) - 1))) << 6) | (byte & 63);
     }
 };
 
