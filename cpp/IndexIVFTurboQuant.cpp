@@ -285,7 +285,7 @@ struct IVFTurboQuantScanner : InvertedListScanner {
             float* simi,
             idx_t* idxi,
             size_t k) const {
-        const size_t k2 = std::max(2 * k, k + 16), bs = 1024;
+        const size_t k2 = tq_kernels::fast_scan_candidates(k), bs = 1024;
         if (approx.size() != k2) {
             approx.resize(k2);
             approx_ids.resize(k2);

@@ -128,14 +128,10 @@ void rescore_candidates(
     heap_reorder<C>(k, dis, ids);
 }
 
-/// candidates kept per query by the integer scan before float re-scoring
-idx_t fast_scan_candidates(idx_t k) {
-    return std::max(2 * k, k + 16);
-}
 
 /* Integer fast scan (see use_fast_scan), one query: approximate distances of all codes
  * by blocks, candidates against the heap top at the block start, kept in a heap of
- * fast_scan_candidates(k), then re-scored. */
+ * tq_kernels::fast_scan_candidates(k), then re-scored. */
 template <class C>
 void search_fast_one(
         const IndexTurboQuant& index,
@@ -145,7 +141,7 @@ void search_fast_one(
         idx_t* ids) {
     const bool l2 = index.metric_type == METRIC_L2;
     const TurboQuantizer& tq = index.tq;
-    const idx_t k2 = fast_scan_candidates(k);
+    const idx_t k2 = tq_kernels::fast_scan_candidates(k);
     const size_t bs = 1024;
     tq_kernels::QueryI8 q8;
     tq_kernels::prepare_query_i8(
@@ -184,7 +180,7 @@ void search_fast_batch(
         idx_t* labels) {
     const bool l2 = index.metric_type == METRIC_L2;
     const TurboQuantizer& tq = index.tq;
-    const idx_t k2 = fast_scan_candidates(k);
+    const idx_t k2 = tq_kernels::fast_scan_candidates(k);
     std::vector<TurboQuantizer::Query> queries(n);
     std::vector<tq_kernels::QueryI8> q8(n);
     std::vector<const tq_kernels::QueryI8*> qp(n);

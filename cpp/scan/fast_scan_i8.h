@@ -61,6 +61,12 @@ struct QueryI8 {
     }
 };
 
+/// candidates kept per query by the integer scan before float re-scoring (flat and IVF)
+template <class T>
+T fast_scan_candidates(T k) {
+    return k + (k > 16 ? k : 16); // max(2k, k + 16)
+}
+
 /// the bit widths the integer fast scan handles at the current SIMD level (3 bits needs
 /// the VBMI byte permutes; the scalar reference handles all four)
 bool fast_scan_i8_supports(int nbits);
