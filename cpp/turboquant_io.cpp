@@ -473,13 +473,9 @@ void check_labels_are_positions(const Index* sub) {
     }
 }
 
-Index* read_idmap(IOReader* f, int io_flags, int depth, bool two) {
-    Header h = get_header(f, false);
-    std::unique_ptr<Index> sub(read_any(f, io_flags, depth + 1));
-    FAISS_THROW_IF_NOT_MSG(
-            sub->d == h.d && sub->ntotal == h.ntotal,
-            "TurboQuant: corrupt file: IDMap does not match its index");
-    check_sub_index(sub.get(), h, "IDMap");
+/// the end of both IDMap readers (ours and FAISS's layout): the wrapper over a checked
+/// sub-index whose labels are positions, the ids read from the file
+Index* finish_idmap(IOReader* f, const Header& h, std::unique_ptr<Index> sub, bool two) {
     check_labels_are_positions(sub.get());
     std::unique_ptr<IndexIDMap> idx(two ? new IndexIDMap2() : new IndexIDMap());
     apply_header(idx.get(), h);
@@ -490,6 +486,16 @@ Index* read_idmap(IOReader* f, int io_flags, int depth, bool two) {
         static_cast<IndexIDMap2*>(idx.get())->construct_rev_map();
     }
     return idx.release();
+}
+
+Index* read_idmap(IOReader* f, int io_flags, int depth, bool two) {
+    Header h = get_header(f, false);
+    std::unique_ptr<Index> sub(read_any(f, io_flags, depth + 1));
+    FAISS_THROW_IF_NOT_MSG(
+            sub->d == h.d && sub->ntotal == h.ntotal,
+            "TurboQuant: corrupt file: IDMap does not match its index");
+    check_sub_index(sub.get(), h, "IDMap");
+    return finish_idmap(f, h, std::move(sub), two);
 }
 
 /* FAISS's own layouts for the blocks most often met (plain flat indexes, IDMap wrappers,
@@ -561,18 +567,9 @@ Index* read_faiss_idmap(IOReader* f, int io_flags, int depth, bool two) {
     FAISS_THROW_IF_NOT_MSG(
             sub->d == h.d && sub->ntotal == h.ntotal,
             "corrupt file: IDMap does not match its index");
-    check_labels_are_positions(sub.get());
-    std::unique_ptr<IndexIDMap> idx(two ? new IndexIDMap2() : new IndexIDMap());
-    apply_header(idx.get(), h);
-    idx->metric_type = sub->metric_type; // as IndexIDMap's constructor sets it
-    idx->metric_arg = sub->metric_arg;
-    get_ids(f, idx->id_map, uint64_t(h.ntotal));
-    idx->index = sub.release();
-    idx->own_fields = true;
-    if (two) {
-        static_cast<IndexIDMap2*>(idx.get())->construct_rev_map();
-    }
-    return idx.release();
+    h.metric = sub->metric_type; // as IndexIDMap's constructor sets it
+    h.metric_arg = sub->metric_arg;
+    return finish_idmap(f, h, std::move(sub), two);
 }
 
 /// FAISS's "ilar" inverted lists: nlist, code size, the list sizes ("full" or "sprs"),
