@@ -203,9 +203,7 @@ struct IVFTurboQuantScanner : InvertedListScanner {
         this->code_size = ivf.code_size;
         // the flat index's rule (IndexTurboQuant.cpp fast_scan_eligible)
         fast = ivf.use_fast_scan && !sel && ivf.tq.qjl_m == 0 &&
-                tq_kernels::fast_scan_i8_supports(ivf.tq.nbits) &&
-                (tq_kernels::fast_scan_i8_single_simd(ivf.tq.nbits) ||
-                 tq_kernels::simd_level() == 0);
+                tq_kernels::fast_scan_i8_usable(ivf.tq.nbits);
     }
 
     TurboQuantizer::Query base; ///< the query itself, rotated once per query

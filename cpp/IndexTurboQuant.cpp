@@ -85,11 +85,8 @@ void search_one(
 }
 
 bool fast_scan_eligible(const IndexTurboQuant& index, const IDSelector* sel) {
-    // the scalar integer scan serves as the reference of the SIMD one (same results)
-    return index.use_fast_scan && !sel && tq_kernels::fast_scan_i8_supports(index.tq.nbits) &&
-            index.tq.qjl_m == 0 &&
-            (tq_kernels::fast_scan_i8_single_simd(index.tq.nbits) ||
-             tq_kernels::simd_level() == 0);
+    return index.use_fast_scan && !sel && index.tq.qjl_m == 0 &&
+            tq_kernels::fast_scan_i8_usable(index.tq.nbits);
 }
 
 /// the k best of the k2 candidates by the float kernel (the distances returned)

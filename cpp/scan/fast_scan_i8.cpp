@@ -59,6 +59,11 @@ bool fast_scan_i8_single_simd(int nbits) {
 #endif
 }
 
+bool fast_scan_i8_usable(int nbits) {
+    return fast_scan_i8_supports(nbits) &&
+            (fast_scan_i8_single_simd(nbits) || simd_level() == 0);
+}
+
 namespace {
 
 // round to nearest even, as std::lrint in the default rounding mode, without the libm

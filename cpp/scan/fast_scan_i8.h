@@ -79,6 +79,10 @@ bool fast_scan_i8_simd();
 /// AVX2 for 1, 2 and 4 bits (batches then run the single-query scan per query)
 bool fast_scan_i8_single_simd(int nbits);
 
+/// whether an index should scan this width with the integer kernels: a SIMD scan, or the
+/// scalar one when the level is capped at scalar (it is the reference of the SIMD ones)
+bool fast_scan_i8_usable(int nbits);
+
 /// prepare the 8-bit query (centroids: 2^nbits values)
 void prepare_query_i8(
         const float* qrot,
