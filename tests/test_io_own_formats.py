@@ -10,6 +10,14 @@ import pytest
 import faiss_turboquant  # noqa: F401
 
 
+def assert_same_search(index, back, xq, k):
+    """the index read back returns the same ids and the same distances"""
+    D1, I1 = index.search(xq, k)
+    D2, I2 = back.search(xq, k)
+    np.testing.assert_array_equal(I1, I2)
+    np.testing.assert_array_equal(D1, D2)
+
+
 def built(desc, metric=faiss.METRIC_L2):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((300, 16)).astype("float32")
@@ -27,10 +35,7 @@ def test_flat_children_use_our_format(desc, metric):
     blob = faiss.serialize_index(index).tobytes()
     assert b"TQff" in blob and b"IxF2" not in blob and b"IxFI" not in blob
     back = faiss.deserialize_index(np.frombuffer(blob, dtype="uint8"))
-    D1, I1 = index.search(x[:5], 5)
-    D2, I2 = back.search(x[:5], 5)
-    np.testing.assert_array_equal(I1, I2)
-    np.testing.assert_array_equal(D1, D2)
+    assert_same_search(index, back, x[:5], 5)
 
 
 def test_huge_size_in_flat_child_fails_without_allocating():
@@ -54,10 +59,7 @@ def test_linear_transforms_use_our_format(desc, cls):
     back = faiss.deserialize_index(np.frombuffer(blob, dtype="uint8"))
     vt = faiss.downcast_VectorTransform(back.chain.at(0))
     assert type(vt).__name__ == cls  # OPQ comes back as its matrix, as with FAISS's reader
-    D1, I1 = index.search(x[:5], 5)
-    D2, I2 = back.search(x[:5], 5)
-    np.testing.assert_array_equal(I1, I2)
-    np.testing.assert_array_equal(D1, D2)
+    assert_same_search(index, back, x[:5], 5)
 
 
 def test_huge_matrix_size_in_transform_fails_without_allocating():
@@ -97,10 +99,7 @@ def test_non_linear_transforms_round_trip(make):
     a = faiss.downcast_VectorTransform(index.chain.at(0))
     b = faiss.downcast_VectorTransform(back.chain.at(0))
     assert type(a) is type(b) and (b.d_in, b.d_out) == (a.d_in, a.d_out)
-    D1, I1 = index.search(x[:5], 5)
-    D2, I2 = back.search(x[:5], 5)
-    np.testing.assert_array_equal(I1, I2)
-    np.testing.assert_array_equal(D1, D2)
+    assert_same_search(index, back, x[:5], 5)
 
 
 def test_huge_vector_in_faiss_transform_fails_without_allocating():
@@ -130,10 +129,7 @@ def test_plain_faiss_flat_and_idmap_files_read_by_our_reader(make, tmp_path):
     faiss.write_index(index, path)
     back = faiss.read_index(path)
     assert type(back).__name__ == type(index).__name__
-    D1, I1 = index.search(x[:5], 4)
-    D2, I2 = back.search(x[:5], 4)
-    np.testing.assert_array_equal(I1, I2)
-    np.testing.assert_array_equal(D1, D2)
+    assert_same_search(index, back, x[:5], 4)
     if isinstance(back, faiss.IndexIDMap2):
         np.testing.assert_array_equal(back.reconstruct(1003), x[3])
 
@@ -180,10 +176,7 @@ def test_plain_faiss_ivfflat_read_by_our_reader(dm, metric):
     index.nprobe = 3
     back = faiss.deserialize_index(faiss.serialize_index(index))
     assert isinstance(back, faiss.IndexIVFFlat) and back.nprobe == 3
-    D1, I1 = index.search(x[:5], 4)
-    D2, I2 = back.search(x[:5], 4)
-    np.testing.assert_array_equal(I1, I2)
-    np.testing.assert_array_equal(D1, D2)
+    assert_same_search(index, back, x[:5], 4)
     if dm == "array":
         np.testing.assert_array_equal(back.reconstruct(7), x[7])
     if dm == "hash":
@@ -214,10 +207,7 @@ def test_hnsw_flat_read_by_our_reader(desc, metric):
     index.train(x)
     index.add(x)
     back = faiss.deserialize_index(faiss.serialize_index(index))
-    D1, I1 = index.search(x[:7], 5)
-    D2, I2 = back.search(x[:7], 5)
-    np.testing.assert_array_equal(I1, I2)
-    np.testing.assert_array_equal(D1, D2)
+    assert_same_search(index, back, x[:7], 5)
 
 
 @pytest.mark.parametrize("what", ["levels", "neighbour", "huge"])
@@ -260,10 +250,7 @@ def test_scalar_quantizer_read_by_our_reader(desc):
     blob = faiss.serialize_index(index)
     assert b"IxSQ" in blob.tobytes()
     back = faiss.deserialize_index(blob)
-    D1, I1 = index.search(x[:5], 4)
-    D2, I2 = back.search(x[:5], 4)
-    np.testing.assert_array_equal(I1, I2)
-    np.testing.assert_array_equal(D1, D2)
+    assert_same_search(index, back, x[:5], 4)
 
 
 @pytest.mark.parametrize("what", ["codes", "trained", "qtype"])
