@@ -158,6 +158,23 @@ int tq_set_simd_level(int level) {
 bool tq_fast_scan_simd(int nbits) {
     return faiss::tq_kernels::fast_scan_i8_single_simd(nbits);
 }
+/** The 8-bit query of the integer fast scan for x (the index's rotation and codebook):
+ * writes its row_length() bytes in stream order to q8 (room for d * 8 + 512 bytes) and
+ * returns its bias, so tests can compare the SIMD and portable preparations. Returns -1
+ * (nothing written) for widths the integer scan does not handle. */
+long tq_query_i8(const faiss::IndexTurboQuant* index, const float* x, uint8_t* q8) {
+    if (index->tq.nbits > 4 || index->tq.qjl_m != 0) {
+        return -1;
+    }
+    faiss::TurboQuantizer::Query query;
+    index->tq.prepare_query(x, query);
+    faiss::tq_kernels::QueryI8 out;
+    faiss::tq_kernels::prepare_query_i8(
+            query.qrot.data(), index->tq.centroid_table.data(), index->d, index->tq.nbits,
+            query.qnorm2, out);
+    std::copy(out.q8.begin(), out.q8.end(), q8);
+    return out.bias;
+}
 /// the SWIG runtime type-table version this module was generated with
 int tq_swig_runtime_version() {
     return SWIG_RUNTIME_VERSION[0] - '0';

@@ -78,6 +78,93 @@ inline int round_int(float x) {
 
 } // namespace
 
+namespace {
+
+/// max |q_i| (exact in any order: the caller has checked the query is finite)
+float max_abs_scalar(const float* q, size_t d) {
+    float m = 0;
+    for (size_t i = 0; i < d; i++) {
+        m = std::max(m, std::fabs(q[i]));
+    }
+    return m;
+}
+
+/// q8 = round(q * qscale) in stream order (q8_position), the rest of the row zero;
+/// returns sum(q8)
+int32_t quantize_query_scalar(const float* q, size_t d, float qscale, QueryI8& out) {
+    out.q8.assign(out.row_length(), 0);
+    int32_t sum = 0;
+    for (size_t i = 0; i < d; i++) {
+        const int8_t v = int8_t(round_int(q[i] * qscale));
+        sum += v;
+        out.q8[out.q8_position(i)] = v;
+    }
+    return sum;
+}
+
+#if defined(__x86_64__)
+#define TQ_AVX512_BW_VBMI __attribute__((target("avx512f,avx512bw,avx512vbmi")))
+
+TQ_AVX512_BW_VBMI float max_abs_avx512(const float* q, size_t d) {
+    __m512 m = _mm512_setzero_ps();
+    for (size_t i = 0; i < d; i += 16) {
+        const __mmask16 k = d - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (d - i)) - 1);
+        m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_maskz_loadu_ps(k, q + i)));
+    }
+    return _mm512_reduce_max_ps(m);
+}
+
+/* quantize_query_scalar for 4-bit codes: a group of 128 coordinates is quantised in
+ * natural order (vcvtps2dq rounds to nearest even, as round_int), then its even and odd
+ * coordinates become streams 0 and 1 with one two-source byte permute each. An IVF index
+ * with L2 prepares a query per visited list, so this runs as often as short lists are
+ * scanned. */
+TQ_AVX512_BW_VBMI int32_t quantize_query_4bit_avx512(
+        const float* q,
+        size_t d,
+        float qscale,
+        QueryI8& out) {
+    out.q8.resize(out.row_length());
+    const __m512 scale = _mm512_set1_ps(qscale);
+    __m512i sum = _mm512_setzero_si512();
+    __m512i even, odd;
+    {
+        alignas(64) uint8_t e[64], o[64];
+        for (int j = 0; j < 64; j++) {
+            e[j] = uint8_t(2 * j); // bytes 0..63 of the first source, 64..127 of the second
+            o[j] = uint8_t(2 * j + 1);
+        }
+        even = _mm512_load_si512(e);
+        odd = _mm512_load_si512(o);
+    }
+    for (size_t g = 0; g < out.ngroups; g++) {
+        __m512i half[2];
+        for (int h = 0; h < 2; h++) {
+            __m128i b[4];
+            for (int c = 0; c < 4; c++) {
+                const size_t i0 = g * 128 + h * 64 + c * 16;
+                const size_t left = i0 < d ? d - i0 : 0;
+                const __mmask16 k = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+                const __m512i v = _mm512_cvtps_epi32(
+                        _mm512_mul_ps(_mm512_maskz_loadu_ps(k, q + i0), scale));
+                sum = _mm512_add_epi32(sum, v);
+                b[c] = _mm512_cvtepi32_epi8(v);
+            }
+            half[h] = _mm512_inserti32x4(
+                    _mm512_inserti32x4(
+                            _mm512_inserti32x4(_mm512_castsi128_si512(b[0]), b[1], 1), b[2], 2),
+                    b[3], 3);
+        }
+        int8_t* dst = out.q8.data() + g * 128;
+        _mm512_storeu_si512(dst, _mm512_permutex2var_epi8(half[0], even, half[1]));
+        _mm512_storeu_si512(dst + 64, _mm512_permutex2var_epi8(half[0], odd, half[1]));
+    }
+    return _mm512_reduce_add_epi32(sum);
+}
+#endif
+
+} // namespace
+
 void prepare_query_i8(
         const float* qrot,
         const float* centroids,
@@ -86,10 +173,17 @@ void prepare_query_i8(
         float qnorm2,
         QueryI8& out) {
     const int ncen = 1 << nbits;
-    float qmax = 0, cmax = 0;
-    for (size_t i = 0; i < d; i++) {
-        qmax = std::max(qmax, std::fabs(qrot[i]));
-    }
+#if defined(__x86_64__)
+    const bool simd4 = nbits == 4 && fast_scan_i8_simd() && kHasVbmi;
+#else
+    const bool simd4 = false;
+#endif
+    float cmax = 0;
+#if defined(__x86_64__)
+    const float qmax = simd4 ? max_abs_avx512(qrot, d) : max_abs_scalar(qrot, d);
+#else
+    const float qmax = max_abs_scalar(qrot, d);
+#endif
     for (int j = 0; j < ncen; j++) {
         cmax = std::max(cmax, std::fabs(centroids[j]));
     }
@@ -101,13 +195,12 @@ void prepare_query_i8(
     out.nbits = nbits;
     out.code_bytes = (d * nbits + 7) / 8;
     out.ngroups = (out.code_bytes + out.group_bytes() - 1) / out.group_bytes();
-    out.q8.assign(out.row_length(), 0);
-    int32_t sum = 0;
-    for (size_t i = 0; i < d; i++) {
-        const int8_t v = int8_t(round_int(qrot[i] * qscale));
-        sum += v;
-        out.q8[out.q8_position(i)] = v;
-    }
+#if defined(__x86_64__)
+    const int32_t sum = simd4 ? quantize_query_4bit_avx512(qrot, d, qscale, out)
+                              : quantize_query_scalar(qrot, d, qscale, out);
+#else
+    const int32_t sum = quantize_query_scalar(qrot, d, qscale, out);
+#endif
     out.bias = 128 * sum;
     out.inv_scale = qscale > 0 && cscale > 0 ? 1.0f / (qscale * cscale) : 0.0f;
     out.qnorm2 = qnorm2;
