@@ -250,7 +250,15 @@ struct IVFTurboQuantScanner : InvertedListScanner {
             // eight partial sums: one chain of d dependent double adds took as long as
             // scanning a short list
             double n2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            for (size_t j = 0; j < d; j++) {
+            size_t j = 0;
+            for (; j + 8 <= d; j += 8) { // the inner loop vectorises
+                for (size_t t = 0; t < 8; t++) {
+                    const float r = base.qrot[j + t] - rc[j + t];
+                    query.qrot[j + t] = r;
+                    n2[t] += double(r) * r;
+                }
+            }
+            for (; j < d; j++) {
                 query.qrot[j] = base.qrot[j] - rc[j];
                 n2[j % 8] += double(query.qrot[j]) * query.qrot[j];
             }

@@ -153,15 +153,15 @@ def test_fast_scan_scalar_reference_identical(d, nbits, metric, nq):
 @pytest.mark.parametrize("d", [384, 130, 128, 37, 8, 1])
 @pytest.mark.parametrize("nbits", [1, 2, 3, 4])
 def test_query_i8_same_at_every_level(d, nbits):
-    """the 8-bit query (stream order, zero padding, bias) prepared by the AVX-512 path
-    (4 bits) is byte for byte the portable one, for partial groups too; the search results
-    would not show a difference in the candidates, so this compares the query itself"""
+    """the 8-bit query (stream order, zero padding, bias) prepared by the AVX-512 and AVX2
+    paths (4 bits) is byte for byte the portable one, for partial groups too; the search
+    results would not show a difference in the candidates, so this compares the query"""
     idx = ft.IndexTurboQuant(d, nbits, 0, faiss.METRIC_L2)
     xq = np.random.default_rng(d * 7 + nbits).standard_normal((4, d)).astype("float32")
     xq[1] *= 1e-3  # small queries: the scale is per query
     xq[2, ::2] = 0
     out = {}
-    for level in (0, 2):
+    for level in (0, 1, 2):
         sw.tq_set_simd_level(level)
         rows = []
         for q in xq:
@@ -169,8 +169,9 @@ def test_query_i8_same_at_every_level(d, nbits):
             bias = sw.tq_query_i8(idx, faiss.swig_ptr(q), faiss.swig_ptr(buf))
             rows.append((bias, buf.view(np.int8)))
         out[level] = rows
-    for (b0, r0), (b2, r2) in zip(out[0], out[2]):
-        assert b0 == b2
+    for (b0, r0), (b1, r1), (b2, r2) in zip(out[0], out[1], out[2]):
+        assert b0 == b1 == b2
+        np.testing.assert_array_equal(r0, r1)
         np.testing.assert_array_equal(r0, r2)
         code_bytes = -(-d * nbits // 8)
         group = 24 if nbits == 3 else 64

@@ -103,6 +103,56 @@ int32_t quantize_query_scalar(const float* q, size_t d, float qscale, QueryI8& o
 }
 
 #if defined(__x86_64__)
+/* quantize_query_scalar for 4-bit codes with AVX2: 32 coordinates at a time are
+ * quantised (vcvtps2dq rounds to nearest even, as round_int) and packed to bytes in
+ * natural order, then each 128-bit lane's even and odd bytes are gathered (vpshufb) and
+ * the lanes' halves regrouped: 16 bytes of stream 0 and 16 of stream 1. */
+__attribute__((target("avx2"))) int32_t quantize_query_4bit_avx2(
+        const float* q,
+        size_t d,
+        float qscale,
+        QueryI8& out) {
+    out.q8.resize(out.row_length());
+    const __m256 scale = _mm256_set1_ps(qscale);
+    const __m256i split = _mm256_setr_epi8(
+            0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+            0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    __m256i sum = _mm256_setzero_si256();
+    alignas(32) float tail[32];
+    for (size_t g = 0; g < out.ngroups; g++) {
+        int8_t* dst = out.q8.data() + g * 128;
+        for (int c = 0; c < 4; c++) {
+            const size_t i0 = g * 128 + c * 32;
+            const float* src = q + i0;
+            if (i0 + 32 > d) { // zero-padded copy: coordinates past d quantise to 0
+                std::memset(tail, 0, sizeof(tail));
+                if (i0 < d) {
+                    std::memcpy(tail, q + i0, (d - i0) * sizeof(float));
+                }
+                src = tail;
+            }
+            __m256i v[4];
+            for (int k = 0; k < 4; k++) {
+                v[k] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(src + 8 * k), scale));
+                sum = _mm256_add_epi32(sum, v[k]);
+            }
+            // packs interleave the 128-bit lanes; the dword permute restores natural order
+            const __m256i bytes = _mm256_permutevar8x32_epi32(
+                    _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3])),
+                    order);
+            const __m256i eo = _mm256_permute4x64_epi64(
+                    _mm256_shuffle_epi8(bytes, split), 0xD8); // [even 16 | odd 16]
+            _mm_storeu_si128((__m128i*)(dst + c * 16), _mm256_castsi256_si128(eo));
+            _mm_storeu_si128((__m128i*)(dst + 64 + c * 16), _mm256_extracti128_si256(eo, 1));
+        }
+    }
+    __m128i r = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+    r = _mm_add_epi32(r, _mm_shuffle_epi32(r, 0x4E));
+    r = _mm_add_epi32(r, _mm_shuffle_epi32(r, 0xB1));
+    return _mm_cvtsi128_si32(r);
+}
+
 #define TQ_AVX512_BW_VBMI __attribute__((target("avx512f,avx512bw,avx512vbmi")))
 
 TQ_AVX512_BW_VBMI float max_abs_avx512(const float* q, size_t d) {
@@ -197,7 +247,8 @@ void prepare_query_i8(
     out.ngroups = (out.code_bytes + out.group_bytes() - 1) / out.group_bytes();
 #if defined(__x86_64__)
     const int32_t sum = simd4 ? quantize_query_4bit_avx512(qrot, d, qscale, out)
-                              : quantize_query_scalar(qrot, d, qscale, out);
+            : nbits == 4 && simd_level() >= 1 ? quantize_query_4bit_avx2(qrot, d, qscale, out)
+                                              : quantize_query_scalar(qrot, d, qscale, out);
 #else
     const int32_t sum = quantize_query_scalar(qrot, d, qscale, out);
 #endif
