@@ -3,6 +3,7 @@
 #include <memory>
 #include <mutex>
 
+#include <faiss/IndexFlat.h>
 #include <faiss/impl/AuxIndexStructures.h>
 #include <faiss/impl/FaissAssert.h>
 #include <faiss/impl/IDSelector.h>
@@ -68,7 +69,18 @@ void IndexIVFTurboQuant::update_rotated_centroids() {
     std::vector<float> rc, qc;
     if (quantizer && quantizer->ntotal == idx_t(nlist) && tq.code_size > 0) {
         std::vector<float> cent(nlist * d);
-        quantizer->reconstruct_n(0, nlist, cent.data());
+        // one by one, not reconstruct_n: FAISS runs that in an OpenMP region, where the
+        // exception of a quantizer that cannot reconstruct (IndexIDMap, ...) would abort
+        // the process; such a quantizer leaves the cache empty (see ensure_rotated_centroids)
+        try {
+            for (size_t l = 0; l < nlist; l++) {
+                quantizer->reconstruct(l, cent.data() + l * d);
+            }
+        } catch (const FaissException&) {
+            rotated_centroids.clear();
+            qjl_centroids.clear();
+            return;
+        }
         rc.resize(nlist * d);
         tq.rotation.apply(nlist, cent.data(), rc.data());
         if (tq.qjl_m > 0) {
@@ -91,6 +103,11 @@ void IndexIVFTurboQuant::ensure_rotated_centroids() const {
         qjl_centroids.size() != (tq.qjl_m > 0 ? nlist * tq.qjl_m : 0)) {
         const_cast<IndexIVFTurboQuant*>(this)->update_rotated_centroids();
     }
+    FAISS_THROW_IF_NOT_MSG(
+            rotated_centroids.size() == nlist * d,
+            "TurboQuant: L2 search with residuals needs the coarse centroids, and this "
+            "coarse quantizer cannot reconstruct them (set by_residual = False, or use a "
+            "quantizer that implements reconstruct)");
 }
 
 void IndexIVFTurboQuant::encode_vectors(
@@ -113,6 +130,18 @@ void IndexIVFTurboQuant::encode_vectors(
     std::vector<float> residuals;
     if (by_residual) {
         residuals.resize(size_t(n) * d);
+        if (n > 0) { // outside the parallel loop, whose exceptions would abort the process
+            std::vector<float> c(d);
+            try {
+                quantizer->reconstruct(0, c.data());
+            } catch (const FaissException& e) {
+                FAISS_THROW_FMT(
+                        "TurboQuant: residual encoding needs the coarse centroids, and this "
+                        "coarse quantizer cannot reconstruct them (set by_residual = False, "
+                        "or use a quantizer that implements reconstruct): %s",
+                        e.what());
+            }
+        }
 #pragma omp parallel for if (n > 1000)
         for (idx_t i = 0; i < n; i++) {
             if (list_nos[i] >= 0) {
@@ -188,6 +217,8 @@ struct IVFTurboQuantScanner : InvertedListScanner {
     TurboQuantizer::Query query;
     std::vector<float> q, centroid;
     float offset = 0; ///< IP with residuals: <q, centroid of the list>
+    /// the coarse quantizer is a flat inner-product index: its coarse_dis is <q, c>
+    bool coarse_is_ip = false;
 
     IVFTurboQuantScanner(
             const IndexIVFTurboQuant& ivf,
@@ -201,6 +232,7 @@ struct IVFTurboQuantScanner : InvertedListScanner {
         this->sel = sel;
         this->keep_max = !l2;
         this->code_size = ivf.code_size;
+        coarse_is_ip = ivf.coarse_dis_is_ip();
         // the flat index's rule (IndexTurboQuant.cpp fast_scan_eligible)
         fast = ivf.use_fast_scan && !sel && ivf.tq.qjl_m == 0 &&
                 tq_kernels::fast_scan_i8_usable(ivf.tq.nbits);
@@ -237,7 +269,7 @@ struct IVFTurboQuantScanner : InvertedListScanner {
                 query.qnorm2, q8);
     }
 
-    void set_list(idx_t list_no, float /*coarse_dis*/) override {
+    void set_list(idx_t list_no, float coarse_dis) override {
         this->list_no = list_no;
         offset = 0;
         if (!ivf.by_residual) {
@@ -245,6 +277,10 @@ struct IVFTurboQuantScanner : InvertedListScanner {
         }
         if (l2) {
             // ||q - c - r||^2 needs the residual query Pi (q - c) = Pi q - Pi c
+            FAISS_THROW_IF_NOT_MSG(
+                    ivf.rotated_centroids.size() == ivf.nlist * size_t(ivf.d),
+                    "TurboQuant: the coarse centroids are not available (see "
+                    "IndexIVFTurboQuant::check_scannable)");
             const size_t d = ivf.d, m = ivf.tq.qjl_m;
             const float* rc = ivf.rotated_centroids.data() + list_no * d;
             // eight partial sums: one chain of d dependent double adds took as long as
@@ -276,6 +312,11 @@ struct IVFTurboQuantScanner : InvertedListScanner {
             if (fast) {
                 prepare_q8();
             }
+        } else if (coarse_is_ip) {
+            // <q, c> is what a flat inner-product quantizer ranked the list by (FAISS's
+            // IVF-SQ scanner uses it the same way): no centroid copy and dot product per
+            // visited list, which cost as much as scanning a short one
+            offset = coarse_dis;
         } else {
             ivf.quantizer->reconstruct(list_no, centroid.data());
             offset = fvec_inner_product(q.data(), centroid.data(), ivf.d);
@@ -421,11 +462,70 @@ struct IVFTurboQuantScanner : InvertedListScanner {
 
 } // namespace
 
+bool IndexIVFTurboQuant::coarse_dis_is_ip() const {
+    auto* flat = dynamic_cast<const IndexFlat*>(quantizer);
+    return flat && flat->metric_type == METRIC_INNER_PRODUCT;
+}
+
+void IndexIVFTurboQuant::check_scannable() const {
+    if (!by_residual || !quantizer || quantizer->ntotal == 0) {
+        return;
+    }
+    if (metric_type == METRIC_L2) {
+        ensure_rotated_centroids(); // throws if the quantizer cannot reconstruct
+        return;
+    }
+    if (!coarse_dis_is_ip()) {
+        // the scanner reconstructs each visited centroid for <q, c>
+        std::vector<float> c(d);
+        try {
+            quantizer->reconstruct(0, c.data());
+        } catch (const FaissException& e) {
+            FAISS_THROW_FMT(
+                    "TurboQuant: inner-product search with residuals needs <q, c>, and this "
+                    "coarse quantizer cannot reconstruct its centroids (set by_residual = "
+                    "False, or use a quantizer that implements reconstruct): %s",
+                    e.what());
+        }
+    }
+}
+
+void IndexIVFTurboQuant::search_preassigned(
+        idx_t n,
+        const float* x,
+        idx_t k,
+        const idx_t* assign,
+        const float* centroid_dis,
+        float* distances,
+        idx_t* labels,
+        bool store_pairs,
+        const IVFSearchParameters* params,
+        IndexIVFStats* stats) const {
+    check_scannable();
+    IndexIVF::search_preassigned(
+            n, x, k, assign, centroid_dis, distances, labels, store_pairs, params, stats);
+}
+
+void IndexIVFTurboQuant::range_search(
+        idx_t n,
+        const float* x,
+        float radius,
+        RangeSearchResult* result,
+        const SearchParameters* params) const {
+    check_scannable();
+    IndexIVF::range_search(n, x, radius, result, params);
+}
+
 InvertedListScanner* IndexIVFTurboQuant::get_InvertedListScanner(
         bool store_pairs,
         const IDSelector* sel TQ_SCANNER_PARAMS_PARAM) const {
     if (by_residual && metric_type == METRIC_L2) {
-        ensure_rotated_centroids();
+        // never throws here (FAISS 1.7.3 calls this inside an OpenMP region): searches
+        // went through check_scannable; a direct caller gets set_list's error instead
+        try {
+            ensure_rotated_centroids();
+        } catch (const FaissException&) {
+        }
     }
     return new IVFTurboQuantScanner(*this, store_pairs, sel);
 }

@@ -63,6 +63,32 @@ struct IndexIVFTurboQuant : IndexIVF {
 
     void sa_decode(idx_t n, const uint8_t* bytes, float* x) const override;
 
+    /** Both check first, in the caller's thread, that the lists can be scanned (with
+     * residuals the scanner needs the coarse centroids): FAISS 1.7.3 creates scanners
+     * and sets lists inside OpenMP regions, where an exception aborts the process. */
+    void search_preassigned(
+            idx_t n,
+            const float* x,
+            idx_t k,
+            const idx_t* assign,
+            const float* centroid_dis,
+            float* distances,
+            idx_t* labels,
+            bool store_pairs,
+            const IVFSearchParameters* params = nullptr,
+            IndexIVFStats* stats = nullptr) const override;
+    void range_search(
+            idx_t n,
+            const float* x,
+            float radius,
+            RangeSearchResult* result,
+            const SearchParameters* params = nullptr) const override;
+    /// throws a clear error if the scanner could not visit the lists (see above)
+    void check_scannable() const;
+    /// the coarse quantizer is a flat inner-product index, so the coarse distance of a
+    /// list is <q, c> (the offset of inner-product search with residuals)
+    bool coarse_dis_is_ip() const;
+
     InvertedListScanner* get_InvertedListScanner(
             bool store_pairs = false,
             const IDSelector* sel = nullptr TQ_SCANNER_PARAMS_PARAM) const override;

@@ -202,6 +202,55 @@ def test_extract_index_ivf_and_downcast(desc):
     assert faiss.extract_index_ivf(index).nprobe == 7
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_ip_residual_offset_from_coarse_search(fast):
+    """inner product with residuals: a flat IP quantizer's coarse distance is <q, c> and is
+    used as the list's offset; behind a quantizer that is not a flat index (an IDMap2 over
+    the same centroids) the offset is computed from the centroid. Both give the same
+    results, up to the float rounding of the two dot products."""
+    base = trained(IP)
+    direct = faiss.clone_index(base)
+    q = faiss.IndexIDMap2(faiss.IndexFlat(D, IP))
+    q.add_with_ids(centroids(base), np.arange(NLIST, dtype="int64"))
+    other = ft.IndexIVFTurboQuant(q, D, NLIST, 4, 0, IP)
+    other.is_trained = True
+    for index in (direct, other):
+        ivf_of(index).use_fast_scan = fast
+        index.add(XB)
+        index.nprobe = 4
+    Dd, Id = direct.search(XQ, 10)
+    Do, Io = other.search(XQ, 10)
+    assert np.mean(Id == Io) >= 0.98
+    np.testing.assert_allclose(Dd, Do, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("metric", METRICS, ids=MIDS)
+def test_quantizer_without_reconstruct_is_a_clear_error(metric):
+    """an IndexIDMap quantizer cannot reconstruct its centroids (FAISS runs reconstruct_n in
+    an OpenMP region, so its exception used to abort the process): the index is built,
+    residual encoding raises a clear error, and by_residual = False works"""
+    base = trained(metric)
+    q = faiss.IndexIDMap(faiss.IndexFlat(D, metric))
+    q.add_with_ids(centroids(base), np.arange(NLIST, dtype="int64"))
+    index = ft.IndexIVFTurboQuant(q, D, NLIST, 4, 0, metric)
+    index.is_trained = True
+    with pytest.raises(RuntimeError, match="cannot reconstruct"):
+        index.add(XB)
+    assert index.ntotal == 0
+    for search in (lambda: index.search(XQ, 5), lambda: index.range_search(XQ, 1.0)):
+        with pytest.raises(RuntimeError, match="cannot reconstruct"):
+            search()
+    index.by_residual = False
+    index.add(XB)
+    index.nprobe = NLIST
+    I = index.search(XQ, 10)[1]
+    assert recall(I, GT[metric]) >= 0.75
+    index.by_residual = True  # the codes are not residuals now, but searching must not abort
+    for search in (lambda: index.search(XQ, 5), lambda: index.range_search(XQ, 1.0)):
+        with pytest.raises(RuntimeError, match="cannot reconstruct"):
+            search()
+
+
 # ------------------------------------------------------------------ shards
 @pytest.mark.parametrize("how", ["clone", "same-centroids"])
 @pytest.mark.parametrize("metric", METRICS, ids=MIDS)
