@@ -103,11 +103,10 @@ void IndexIVFTurboQuant::ensure_rotated_centroids() const {
         qjl_centroids.size() != (tq.qjl_m > 0 ? nlist * tq.qjl_m : 0)) {
         const_cast<IndexIVFTurboQuant*>(this)->update_rotated_centroids();
     }
-    FAISS_THROW_IF_NOT_MSG(
-            rotated_centroids.size() == nlist * d,
-            "TurboQuant: L2 search with residuals needs the coarse centroids, and this "
-            "coarse quantizer cannot reconstruct them (set by_residual = False, or use a "
-            "quantizer that implements reconstruct)");
+    if (rotated_centroids.size() != nlist * d) {
+        require_centroids("L2 search with residuals"); // the reason, if that is the one
+        FAISS_THROW_MSG("TurboQuant: the coarse centroids are not available");
+    }
 }
 
 void IndexIVFTurboQuant::encode_vectors(
@@ -131,16 +130,7 @@ void IndexIVFTurboQuant::encode_vectors(
     if (by_residual) {
         residuals.resize(size_t(n) * d);
         if (n > 0) { // outside the parallel loop, whose exceptions would abort the process
-            std::vector<float> c(d);
-            try {
-                quantizer->reconstruct(0, c.data());
-            } catch (const FaissException& e) {
-                FAISS_THROW_FMT(
-                        "TurboQuant: residual encoding needs the coarse centroids, and this "
-                        "coarse quantizer cannot reconstruct them (set by_residual = False, "
-                        "or use a quantizer that implements reconstruct): %s",
-                        e.what());
-            }
+            require_centroids("residual encoding");
         }
 #pragma omp parallel for if (n > 1000)
         for (idx_t i = 0; i < n; i++) {
@@ -467,26 +457,31 @@ bool IndexIVFTurboQuant::coarse_dis_is_ip() const {
     return flat && flat->metric_type == METRIC_INNER_PRODUCT;
 }
 
+void IndexIVFTurboQuant::require_centroids(const char* what) const {
+    std::vector<float> c(d);
+    try {
+        quantizer->reconstruct(0, c.data());
+    } catch (const FaissException& e) {
+        FAISS_THROW_FMT(
+                "TurboQuant: %s needs the coarse centroids, and this coarse quantizer "
+                "cannot reconstruct them (set by_residual = False, or use a quantizer that "
+                "implements reconstruct): %s",
+                what,
+                e.what());
+    }
+}
+
 void IndexIVFTurboQuant::check_scannable() const {
     if (!by_residual || !quantizer || quantizer->ntotal == 0) {
         return;
     }
     if (metric_type == METRIC_L2) {
-        ensure_rotated_centroids(); // throws if the quantizer cannot reconstruct
-        return;
-    }
-    if (!coarse_dis_is_ip()) {
+        // the residual query Pi (q - c) comes from the rotated centroids
+        require_centroids("L2 search with residuals");
+        ensure_rotated_centroids();
+    } else if (!coarse_dis_is_ip()) {
         // the scanner reconstructs each visited centroid for <q, c>
-        std::vector<float> c(d);
-        try {
-            quantizer->reconstruct(0, c.data());
-        } catch (const FaissException& e) {
-            FAISS_THROW_FMT(
-                    "TurboQuant: inner-product search with residuals needs <q, c>, and this "
-                    "coarse quantizer cannot reconstruct its centroids (set by_residual = "
-                    "False, or use a quantizer that implements reconstruct): %s",
-                    e.what());
-        }
+        require_centroids("inner-product search with residuals");
     }
 }
 

@@ -85,6 +85,8 @@ struct IndexIVFTurboQuant : IndexIVF {
             const SearchParameters* params = nullptr) const override;
     /// throws a clear error if the scanner could not visit the lists (see above)
     void check_scannable() const;
+    /// throws "<what> needs the coarse centroids ..." if the quantizer cannot reconstruct
+    void require_centroids(const char* what) const;
     /// the coarse quantizer is a flat inner-product index, so the coarse distance of a
     /// list is <q, c> (the offset of inner-product search with residuals)
     bool coarse_dis_is_ip() const;
