@@ -63,6 +63,7 @@ struct IndexIVFTurboQuant : IndexIVF {
 
     void sa_decode(idx_t n, const uint8_t* bytes, float* x) const override;
 
+#ifndef SWIG // Python keeps IndexIVF's (numpy-wrapped) methods; C++ dispatches here
     /** Both check first, in the caller's thread, that the lists can be scanned (with
      * residuals the scanner needs the coarse centroids): FAISS 1.7.3 creates scanners
      * and sets lists inside OpenMP regions, where an exception aborts the process. */
@@ -83,6 +84,7 @@ struct IndexIVFTurboQuant : IndexIVF {
             float radius,
             RangeSearchResult* result,
             const SearchParameters* params = nullptr) const override;
+#endif
     /// throws a clear error if the scanner could not visit the lists (see above)
     void check_scannable() const;
     /// throws "<what> needs the coarse centroids ..." if the quantizer cannot reconstruct

@@ -224,6 +224,31 @@ def test_ip_residual_offset_from_coarse_search(fast):
     np.testing.assert_allclose(Dd, Do, rtol=1e-5, atol=1e-5)
 
 
+def search_preassigned(index, xq, k, assign, coarse_dis):
+    """IndexIVF::search_preassigned through FAISS's raw SWIG signature (FAISS 1.7.3 has no
+    numpy wrapper for it)"""
+    n = len(xq)
+    D = np.empty((n, k), dtype="float32")
+    I = np.empty((n, k), dtype="int64")
+    assign = np.ascontiguousarray(assign, dtype="int64")
+    coarse_dis = np.ascontiguousarray(coarse_dis, dtype="float32")
+    index.search_preassigned(n, faiss.swig_ptr(xq), k, faiss.swig_ptr(assign),
+                             faiss.swig_ptr(coarse_dis), faiss.swig_ptr(D),
+                             faiss.swig_ptr(I), False)
+    return D, I
+
+
+def test_search_preassigned_same_as_search():
+    """FAISS's search_preassigned reaches the same scan as search (the index's C++
+    override checks first that the lists can be scanned, then runs IndexIVF's)"""
+    index = filled(IP, nprobe=4)
+    Dq, Iq = faiss.downcast_index(index.quantizer).search(XQ, 4)
+    D, I = search_preassigned(index, XQ, 10, Iq, Dq)
+    Ds, Is = index.search(XQ, 10)
+    np.testing.assert_array_equal(I, Is)
+    np.testing.assert_array_equal(D, Ds)
+
+
 @pytest.mark.parametrize("metric", METRICS, ids=MIDS)
 def test_quantizer_without_reconstruct_is_a_clear_error(metric):
     """an IndexIDMap quantizer cannot reconstruct its centroids (FAISS runs reconstruct_n in
@@ -237,7 +262,9 @@ def test_quantizer_without_reconstruct_is_a_clear_error(metric):
     with pytest.raises(RuntimeError, match="cannot reconstruct"):
         index.add(XB)
     assert index.ntotal == 0
-    for search in (lambda: index.search(XQ, 5), lambda: index.range_search(XQ, 1.0)):
+    Dq, Iq = q.search(XQ, 4)
+    for search in (lambda: index.search(XQ, 5), lambda: index.range_search(XQ, 1.0),
+                   lambda: search_preassigned(index, XQ, 5, Iq, Dq)):
         with pytest.raises(RuntimeError, match="cannot reconstruct"):
             search()
     index.by_residual = False
