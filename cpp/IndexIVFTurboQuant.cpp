@@ -3,7 +3,6 @@
 #include <memory>
 #include <mutex>
 
-#include <faiss/IndexFlat.h>
 #include <faiss/impl/AuxIndexStructures.h>
 #include <faiss/impl/FaissAssert.h>
 #include <faiss/impl/IDSelector.h>
@@ -104,7 +103,7 @@ void IndexIVFTurboQuant::ensure_rotated_centroids() const {
         const_cast<IndexIVFTurboQuant*>(this)->update_rotated_centroids();
     }
     if (rotated_centroids.size() != nlist * d) {
-        require_centroids("L2 search with residuals"); // the reason, if that is the one
+        require_centroids("search with residuals"); // the reason, if that is the one
         FAISS_THROW_MSG("TurboQuant: the coarse centroids are not available");
     }
 }
@@ -205,24 +204,17 @@ struct IVFTurboQuantScanner : InvertedListScanner {
     const IndexIVFTurboQuant& ivf;
     const bool l2;
     TurboQuantizer::Query query;
-    std::vector<float> q, centroid;
     float offset = 0; ///< IP with residuals: <q, centroid of the list>
-    /// the coarse quantizer is a flat inner-product index: its coarse_dis is <q, c>
-    bool coarse_is_ip = false;
 
     IVFTurboQuantScanner(
             const IndexIVFTurboQuant& ivf,
             bool store_pairs,
             const IDSelector* sel)
-            : ivf(ivf),
-              l2(ivf.metric_type == METRIC_L2),
-              q(ivf.d),
-              centroid(ivf.d) {
+            : ivf(ivf), l2(ivf.metric_type == METRIC_L2) {
         this->store_pairs = store_pairs;
         this->sel = sel;
         this->keep_max = !l2;
         this->code_size = ivf.code_size;
-        coarse_is_ip = ivf.coarse_dis_is_ip();
         // the flat index's rule (IndexTurboQuant.cpp fast_scan_eligible)
         fast = ivf.use_fast_scan && !sel && ivf.tq.qjl_m == 0 &&
                 tq_kernels::fast_scan_i8_usable(ivf.tq.nbits);
@@ -242,7 +234,6 @@ struct IVFTurboQuantScanner : InvertedListScanner {
     mutable std::vector<uint32_t> cand_pos;
 
     void set_query(const float* x) override {
-        std::copy(x, x + ivf.d, q.begin());
         ivf.tq.prepare_query(x, base);
         query = base;
         approx.clear();
@@ -259,7 +250,7 @@ struct IVFTurboQuantScanner : InvertedListScanner {
                 query.qnorm2, q8);
     }
 
-    void set_list(idx_t list_no, float coarse_dis) override {
+    void set_list(idx_t list_no, float /*coarse_dis*/) override {
         this->list_no = list_no;
         offset = 0;
         if (!ivf.by_residual) {
@@ -302,14 +293,29 @@ struct IVFTurboQuantScanner : InvertedListScanner {
             if (fast) {
                 prepare_q8();
             }
-        } else if (coarse_is_ip) {
-            // <q, c> is what a flat inner-product quantizer ranked the list by (FAISS's
-            // IVF-SQ scanner uses it the same way): no centroid copy and dot product per
-            // visited list, which cost as much as scanning a short one
-            offset = coarse_dis;
         } else {
-            ivf.quantizer->reconstruct(list_no, centroid.data());
-            offset = fvec_inner_product(q.data(), centroid.data(), ivf.d);
+            // <q, c> = <Pi q, Pi c> from the cached rotated centroids: no copy of the
+            // centroid and no call into the quantizer per visited list (that cost as much
+            // as scanning a short list). The coarse distance is not used: callers of
+            // search_preassigned may pass placeholders (FAISS's contrib ivf_tools passes
+            // zeros), and not every quantizer ranks lists by <q, c>.
+            FAISS_THROW_IF_NOT_MSG(
+                    ivf.rotated_centroids.size() == ivf.nlist * size_t(ivf.d),
+                    "TurboQuant: the coarse centroids are not available (see "
+                    "IndexIVFTurboQuant::check_scannable)");
+            const float* rc = ivf.rotated_centroids.data() + list_no * ivf.d;
+            float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            size_t j = 0;
+            for (; j + 8 <= size_t(ivf.d); j += 8) { // the inner loop vectorises
+                for (size_t t = 0; t < 8; t++) {
+                    part[t] += base.qrot[j + t] * rc[j + t];
+                }
+            }
+            for (; j < size_t(ivf.d); j++) {
+                part[j % 8] += base.qrot[j] * rc[j];
+            }
+            offset = ((part[0] + part[1]) + (part[2] + part[3])) +
+                    ((part[4] + part[5]) + (part[6] + part[7]));
         }
     }
 
@@ -452,11 +458,6 @@ struct IVFTurboQuantScanner : InvertedListScanner {
 
 } // namespace
 
-bool IndexIVFTurboQuant::coarse_dis_is_ip() const {
-    auto* flat = dynamic_cast<const IndexFlat*>(quantizer);
-    return flat && flat->metric_type == METRIC_INNER_PRODUCT;
-}
-
 void IndexIVFTurboQuant::require_centroids(const char* what) const {
     std::vector<float> c(d);
     try {
@@ -475,14 +476,12 @@ void IndexIVFTurboQuant::check_scannable() const {
     if (!by_residual || !quantizer || quantizer->ntotal == 0) {
         return;
     }
-    if (metric_type == METRIC_L2) {
-        // the residual query Pi (q - c) comes from the rotated centroids
-        require_centroids("L2 search with residuals");
-        ensure_rotated_centroids();
-    } else if (!coarse_dis_is_ip()) {
-        // the scanner reconstructs each visited centroid for <q, c>
-        require_centroids("inner-product search with residuals");
-    }
+    // the scanner needs the rotated centroids: the residual query Pi (q - c) with L2,
+    // the offset <Pi q, Pi c> with inner product
+    require_centroids(
+            metric_type == METRIC_L2 ? "L2 search with residuals"
+                                     : "inner-product search with residuals");
+    ensure_rotated_centroids();
 }
 
 void IndexIVFTurboQuant::search_preassigned(
@@ -514,7 +513,7 @@ void IndexIVFTurboQuant::range_search(
 InvertedListScanner* IndexIVFTurboQuant::get_InvertedListScanner(
         bool store_pairs,
         const IDSelector* sel TQ_SCANNER_PARAMS_PARAM) const {
-    if (by_residual && metric_type == METRIC_L2) {
+    if (by_residual) {
         // never throws here (FAISS 1.7.3 calls this inside an OpenMP region): searches
         // went through check_scannable; a direct caller gets set_list's error instead
         try {

@@ -28,8 +28,9 @@ struct IndexIVFTurboQuant : IndexIVF {
 
     /** Pi c (and the QJL projections Psi Pi c) of every coarse centroid: with L2 and
      * residuals the scanner needs the rotated residual query Pi (q - c) per visited list,
-     * which is Pi q - Pi c, one subtraction instead of a rotation. Built after training
-     * (and on first use for indexes whose quantizer was trained elsewhere). */
+     * which is Pi q - Pi c, one subtraction instead of a rotation; with inner product the
+     * list's offset <q, c> = <Pi q, Pi c>. Built after training (and on first use for
+     * indexes whose quantizer was trained elsewhere). */
     std::vector<float> rotated_centroids, qjl_centroids;
 
     IndexIVFTurboQuant();
@@ -89,9 +90,6 @@ struct IndexIVFTurboQuant : IndexIVF {
     void check_scannable() const;
     /// throws "<what> needs the coarse centroids ..." if the quantizer cannot reconstruct
     void require_centroids(const char* what) const;
-    /// the coarse quantizer is a flat inner-product index, so the coarse distance of a
-    /// list is <q, c> (the offset of inner-product search with residuals)
-    bool coarse_dis_is_ip() const;
 
     InvertedListScanner* get_InvertedListScanner(
             bool store_pairs = false,

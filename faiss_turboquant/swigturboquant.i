@@ -160,15 +160,24 @@ bool tq_fast_scan_simd(int nbits) {
 }
 /** The 8-bit query of the integer fast scan for x (the index's rotation and codebook):
  * writes its row_length() bytes in stream order to q8 (room for d * 8 + 512 bytes) and
- * returns its bias, so tests can compare the SIMD and portable preparations. Returns -1
- * (nothing written) for widths the integer scan does not handle. */
+ * returns its bias, so tests can compare the SIMD and portable preparations. The 8-bit
+ * query is first prepared for the reversed x in the same object, as the IVF scanner
+ * reuses it per list, so bytes a path failed to write would show. Returns -1 (nothing
+ * written) for widths the integer scan does not handle. */
 long tq_query_i8(const faiss::IndexTurboQuant* index, const float* x, uint8_t* q8) {
     if (index->tq.nbits > 4 || index->tq.qjl_m != 0) {
         return -1;
     }
     faiss::TurboQuantizer::Query query;
-    index->tq.prepare_query(x, query);
     faiss::tq_kernels::QueryI8 out;
+    std::vector<float> other(x, x + index->d);
+    std::reverse(other.begin(), other.end());
+    other[0] += 1.0f;
+    index->tq.prepare_query(other.data(), query);
+    faiss::tq_kernels::prepare_query_i8(
+            query.qrot.data(), index->tq.centroid_table.data(), index->d, index->tq.nbits,
+            query.qnorm2, out);
+    index->tq.prepare_query(x, query);
     faiss::tq_kernels::prepare_query_i8(
             query.qrot.data(), index->tq.centroid_table.data(), index->d, index->tq.nbits,
             query.qnorm2, out);

@@ -203,11 +203,11 @@ def test_extract_index_ivf_and_downcast(desc):
 
 
 @pytest.mark.parametrize("fast", [True, False])
-def test_ip_residual_offset_from_coarse_search(fast):
-    """inner product with residuals: a flat IP quantizer's coarse distance is <q, c> and is
-    used as the list's offset; behind a quantizer that is not a flat index (an IDMap2 over
-    the same centroids) the offset is computed from the centroid. Both give the same
-    results, up to the float rounding of the two dot products."""
+def test_ip_residual_offset_independent_of_coarse_distances(fast):
+    """inner product with residuals: the list offset <q, c> comes from the rotated
+    centroids, not from the coarse distances the caller passes (FAISS's contrib
+    ivf_tools passes zeros or uninitialised memory), and a quantizer that is not a flat
+    index (an IDMap2 over the same centroids) gives the same results"""
     base = trained(IP)
     direct = faiss.clone_index(base)
     q = faiss.IndexIDMap2(faiss.IndexFlat(D, IP))
@@ -220,8 +220,20 @@ def test_ip_residual_offset_from_coarse_search(fast):
         index.nprobe = 4
     Dd, Id = direct.search(XQ, 10)
     Do, Io = other.search(XQ, 10)
-    assert np.mean(Id == Io) >= 0.98
-    np.testing.assert_allclose(Dd, Do, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(Id, Io)
+    np.testing.assert_array_equal(Dd, Do)
+    Dq, Iq = faiss.downcast_index(direct.quantizer).search(XQ, 4)
+    for placeholder in (np.zeros_like(Dq), np.full_like(Dq, 1e6)):
+        Dp, Ip = search_preassigned(direct, XQ, 10, Iq, placeholder)
+        np.testing.assert_array_equal(Ip, Id)
+        np.testing.assert_array_equal(Dp, Dd)
+    try:
+        from faiss.contrib import ivf_tools
+    except ImportError:
+        return
+    if hasattr(ivf_tools, "search_preassigned"):
+        Dc, Ic = ivf_tools.search_preassigned(direct, XQ, 10, Iq)
+        np.testing.assert_array_equal(Ic, Id)
 
 
 def search_preassigned(index, xq, k, assign, coarse_dis):

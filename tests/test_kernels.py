@@ -157,9 +157,12 @@ def test_query_i8_same_at_every_level(d, nbits):
     paths (4 bits) is byte for byte the portable one, for partial groups too; the search
     results would not show a difference in the candidates, so this compares the query"""
     idx = ft.IndexTurboQuant(d, nbits, 0, faiss.METRIC_L2)
-    xq = np.random.default_rng(d * 7 + nbits).standard_normal((4, d)).astype("float32")
+    xq = np.random.default_rng(d * 7 + nbits).standard_normal((6, d)).astype("float32")
     xq[1] *= 1e-3  # small queries: the scale is per query
     xq[2, ::2] = 0
+    xq[3] *= 1e-38  # 127 / max overflows: the zero 8-bit query on every path
+    xq[4, -1] = np.nan  # not rejected by the IVF scanner: the paths must still agree
+    xq[5] = 0
     out = {}
     for level in (0, 1, 2):
         sw.tq_set_simd_level(level)

@@ -1,6 +1,7 @@
 #include "fast_scan_i8.h"
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstring>
 
@@ -80,11 +81,16 @@ inline int round_int(float x) {
 
 namespace {
 
-/// max |q_i| (exact in any order: the caller has checked the query is finite)
+/// max |q_i| (exact in any order), or +inf if a coordinate is not finite (the IVF
+/// scanner does not reject such queries: every path must agree on them too)
 float max_abs_scalar(const float* q, size_t d) {
     float m = 0;
     for (size_t i = 0; i < d; i++) {
-        m = std::max(m, std::fabs(q[i]));
+        const float a = std::fabs(q[i]);
+        if (!(a <= FLT_MAX)) {
+            return INFINITY;
+        }
+        m = std::max(m, a);
     }
     return m;
 }
@@ -157,11 +163,15 @@ __attribute__((target("avx2"))) int32_t quantize_query_4bit_avx2(
 
 TQ_AVX512_BW_VBMI float max_abs_avx512(const float* q, size_t d) {
     __m512 m = _mm512_setzero_ps();
+    const __m512 big = _mm512_set1_ps(FLT_MAX);
+    __mmask16 bad = 0;
     for (size_t i = 0; i < d; i += 16) {
         const __mmask16 k = d - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (d - i)) - 1);
-        m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_maskz_loadu_ps(k, q + i)));
+        const __m512 a = _mm512_abs_ps(_mm512_maskz_loadu_ps(k, q + i));
+        bad |= _mm512_cmp_ps_mask(a, big, _CMP_NLE_UQ); // NaN or infinite
+        m = _mm512_max_ps(m, a);
     }
-    return _mm512_reduce_max_ps(m);
+    return bad ? INFINITY : _mm512_reduce_max_ps(m);
 }
 
 /* quantize_query_scalar for 4-bit codes: a group of 128 coordinates is quantised in
@@ -237,7 +247,12 @@ void prepare_query_i8(
     for (int j = 0; j < ncen; j++) {
         cmax = std::max(cmax, std::fabs(centroids[j]));
     }
-    const float qscale = qmax > 0 ? 127.0f / qmax : 0.0f;
+    // a zero query, a non-finite one (qmax = inf) and one so small that 127 / qmax
+    // overflows all get the zero 8-bit query: same bytes on every path
+    float qscale = qmax > 0 ? 127.0f / qmax : 0.0f;
+    if (!(qscale <= FLT_MAX)) {
+        qscale = 0;
+    }
     const float cscale = cmax > 0 ? 127.0f / cmax : 0.0f;
     for (int e = 0; e < 64; e++) {
         out.table[e] = uint8_t(round_int(centroids[e % ncen] * cscale) + 128);
@@ -245,13 +260,19 @@ void prepare_query_i8(
     out.nbits = nbits;
     out.code_bytes = (d * nbits + 7) / 8;
     out.ngroups = (out.code_bytes + out.group_bytes() - 1) / out.group_bytes();
+    int32_t sum = 0;
+    if (qscale == 0) {
+        out.q8.assign(out.row_length(), 0);
+    } else { // |q_i * qscale| <= 127: no saturation, the paths agree
 #if defined(__x86_64__)
-    const int32_t sum = simd4 ? quantize_query_4bit_avx512(qrot, d, qscale, out)
-            : nbits == 4 && simd_level() >= 1 ? quantize_query_4bit_avx2(qrot, d, qscale, out)
-                                              : quantize_query_scalar(qrot, d, qscale, out);
+        sum = simd4 ? quantize_query_4bit_avx512(qrot, d, qscale, out)
+                : nbits == 4 && simd_level() >= 1
+                ? quantize_query_4bit_avx2(qrot, d, qscale, out)
+                : quantize_query_scalar(qrot, d, qscale, out);
 #else
-    const int32_t sum = quantize_query_scalar(qrot, d, qscale, out);
+        sum = quantize_query_scalar(qrot, d, qscale, out);
 #endif
+    }
     out.bias = 128 * sum;
     out.inv_scale = qscale > 0 && cscale > 0 ? 1.0f / (qscale * cscale) : 0.0f;
     out.qnorm2 = qnorm2;
