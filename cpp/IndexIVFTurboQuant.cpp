@@ -496,6 +496,17 @@ void IndexIVFTurboQuant::search_preassigned(
         const IVFSearchParameters* params,
         IndexIVFStats* stats) const {
     check_scannable();
+    // FAISS 1.7.3 checks the list numbers inside its OpenMP region, where the exception
+    // aborts the process: check them here (a caller's assign array, or a broken quantizer)
+    const idx_t np = std::min<idx_t>(idx_t(nlist), params ? params->nprobe : nprobe);
+    for (idx_t i = 0; i < n * std::max<idx_t>(np, 0); i++) {
+        FAISS_THROW_IF_NOT_FMT(
+                assign[i] >= -1 && assign[i] < idx_t(nlist),
+                "TurboQuant: invalid list number %lld for query %lld (nlist %zd)",
+                (long long)assign[i],
+                (long long)(i / np),
+                nlist);
+    }
     IndexIVF::search_preassigned(
             n, x, k, assign, centroid_dis, distances, labels, store_pairs, params, stats);
 }

@@ -261,6 +261,24 @@ def test_search_preassigned_same_as_search():
     np.testing.assert_array_equal(D, Ds)
 
 
+def test_search_preassigned_rejects_invalid_lists():
+    """a list number outside [-1, nlist) in the caller's assign array is a clear error
+    (FAISS 1.7.3 throws it inside an OpenMP region, which aborted the process); -1 is
+    an unused probe"""
+    index = filled(IP, nprobe=2)
+    Dq, Iq = faiss.downcast_index(index.quantizer).search(XQ, 2)
+    for bad in (NLIST, NLIST + 100, -2):
+        assign = Iq.copy()
+        assign[3, 1] = bad
+        with pytest.raises(RuntimeError, match="invalid list number"):
+            search_preassigned(index, XQ, 5, assign, Dq)
+    assign = Iq.copy()
+    assign[:, 1] = -1
+    D, I = search_preassigned(index, XQ, 5, assign, Dq)
+    index.nprobe = 1
+    np.testing.assert_array_equal(I, index.search(XQ, 5)[1])
+
+
 @pytest.mark.parametrize("metric", METRICS, ids=MIDS)
 def test_quantizer_without_reconstruct_is_a_clear_error(metric):
     """an IndexIDMap quantizer cannot reconstruct its centroids (FAISS runs reconstruct_n in
