@@ -256,14 +256,15 @@ struct IVFTurboQuantScanner : InvertedListScanner {
         if (!ivf.by_residual) {
             return;
         }
+        FAISS_THROW_IF_NOT_MSG(
+                ivf.rotated_centroids.size() == ivf.nlist * size_t(ivf.d),
+                "TurboQuant: the coarse centroids are not available (see "
+                "IndexIVFTurboQuant::check_scannable)");
+        const size_t d = ivf.d;
+        const float* rc = ivf.rotated_centroids.data() + list_no * d;
         if (l2) {
             // ||q - c - r||^2 needs the residual query Pi (q - c) = Pi q - Pi c
-            FAISS_THROW_IF_NOT_MSG(
-                    ivf.rotated_centroids.size() == ivf.nlist * size_t(ivf.d),
-                    "TurboQuant: the coarse centroids are not available (see "
-                    "IndexIVFTurboQuant::check_scannable)");
-            const size_t d = ivf.d, m = ivf.tq.qjl_m;
-            const float* rc = ivf.rotated_centroids.data() + list_no * d;
+            const size_t m = ivf.tq.qjl_m;
             // eight partial sums: one chain of d dependent double adds took as long as
             // scanning a short list
             double n2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -299,19 +300,14 @@ struct IVFTurboQuantScanner : InvertedListScanner {
             // as scanning a short list). The coarse distance is not used: callers of
             // search_preassigned may pass placeholders (FAISS's contrib ivf_tools passes
             // zeros), and not every quantizer ranks lists by <q, c>.
-            FAISS_THROW_IF_NOT_MSG(
-                    ivf.rotated_centroids.size() == ivf.nlist * size_t(ivf.d),
-                    "TurboQuant: the coarse centroids are not available (see "
-                    "IndexIVFTurboQuant::check_scannable)");
-            const float* rc = ivf.rotated_centroids.data() + list_no * ivf.d;
             float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             size_t j = 0;
-            for (; j + 8 <= size_t(ivf.d); j += 8) { // the inner loop vectorises
+            for (; j + 8 <= d; j += 8) { // the inner loop vectorises
                 for (size_t t = 0; t < 8; t++) {
                     part[t] += base.qrot[j + t] * rc[j + t];
                 }
             }
-            for (; j < size_t(ivf.d); j++) {
+            for (; j < d; j++) {
                 part[j % 8] += base.qrot[j] * rc[j];
             }
             offset = ((part[0] + part[1]) + (part[2] + part[3])) +
