@@ -300,6 +300,8 @@ struct IVFTurboQuantScanner : InvertedListScanner {
             // as scanning a short list). The coarse distance is not used: callers of
             // search_preassigned may pass placeholders (FAISS's contrib ivf_tools passes
             // zeros), and not every quantizer ranks lists by <q, c>.
+            // eight partial sums rather than fvec_inner_product: with Debian's FAISS that
+            // measured 15% fewer QPS at nprobe 16 (its generic build is not vectorised)
             float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             size_t j = 0;
             for (; j + 8 <= d; j += 8) { // the inner loop vectorises
