@@ -139,6 +139,29 @@ def test_codes_are_the_data_oblivious_codec(metric, by_residual):
     assert seen == len(XB)
 
 
+@pytest.mark.parametrize("metric", METRICS, ids=MIDS)
+def test_codes_of_a_large_add_span_encoder_blocks(metric):
+    """the encoder works in blocks of 4096 vectors with reused buffers: an add and an
+    sa_encode (list number + code) of 9000 vectors give every vector its own codec code"""
+    xb = clustered(9000, 7)
+    index = faiss.clone_index(trained(metric))
+    index.add(xb)
+    flat = ft.IndexTurboQuant(D, 4, 0, metric)
+    cent = centroids(index)
+    seen = 0
+    for l, (ids, codes) in list_content(index).items():
+        if len(ids):
+            x = np.ascontiguousarray(xb[ids] - cent[l])
+            np.testing.assert_array_equal(codes, flat.sa_encode(x))
+        seen += len(ids)
+    assert seen == len(xb)
+    sa = index.sa_encode(xb)
+    assign = faiss.downcast_index(index.quantizer).search(xb, 1)[1].ravel()
+    coarse = sa.shape[1] - flat.code_size
+    np.testing.assert_array_equal(
+        sa[:, coarse:], flat.sa_encode(np.ascontiguousarray(xb - cent[assign])))
+
+
 # ------------------------------------------------------------------ nprobe and params
 @pytest.mark.parametrize("metric", METRICS, ids=MIDS)
 def test_nprobe_attribute(metric):
